@@ -1,0 +1,79 @@
+"""Prompt sets (JSONL rows `{id, prompt, words}`) and word -> token positions.
+
+Token positions follow daam 0.2.0's rule so both aggregate the same columns: tokenize the
+lower-cased prompt, strip the `</w>` word-end marker, find every occurrence of the word's own token
+sequence, and shift by one for the start token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_TEXT_TOKENS = 75  # 77 positions minus start and end tokens
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    id: str
+    prompt: str
+    words: tuple[str, ...]
+    extra: dict  # any other fields of the row (e.g. mask paths, concepts)
+
+
+def load_prompt_set(path: str | Path, limit: int | None = None) -> list[PromptRow]:
+    """Read a JSONL prompt set; every row needs `id`, `prompt` and a non-empty `words` list."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt set {path} does not exist: set dataset.path to a JSONL file")
+    rows, seen = [], set()
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        missing = {"id", "prompt", "words"} - rec.keys()
+        if missing or not rec["words"]:
+            raise ValueError(f"{path}:{n}: row needs id, prompt and a non-empty words list (missing {sorted(missing)})")
+        if rec["id"] in seen:
+            raise ValueError(f"{path}:{n}: duplicate id {rec['id']!r}")
+        seen.add(rec["id"])
+        extra = {k: v for k, v in rec.items() if k not in ("id", "prompt", "words")}
+        rows.append(PromptRow(str(rec["id"]), rec["prompt"], tuple(rec["words"]), extra))
+    return rows[:limit] if limit else rows
+
+
+def prompt_set_hash(rows: list[PromptRow]) -> str:
+    text = json.dumps([[r.id, r.prompt, list(r.words), r.extra] for r in rows], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _pieces(tokenizer, text: str) -> list[str]:
+    return [t.replace("</w>", "") for t in tokenizer.tokenize(text.lower())]
+
+
+def word_token_positions(tokenizer, prompt: str, word: str) -> list[int]:
+    """Positions (0 = start token) of every occurrence of `word`'s tokens in `prompt`; [] if absent."""
+    tokens, search = _pieces(tokenizer, prompt), _pieces(tokenizer, word)
+    if not search:
+        return []
+    starts = [i for i in range(len(tokens)) if tokens[i: i + len(search)] == search]
+    return [s + j + 1 for s in starts for j in range(len(search))]
+
+
+def token_positions(tokenizer, rows: list[PromptRow]) -> list[dict[str, list[int]]]:
+    """Per row {word: positions}; raises once, listing every word not found in its prompt's tokens."""
+    out, offenders = [], []
+    for row in rows:
+        per_word = {}
+        for word in row.words:
+            pos = word_token_positions(tokenizer, row.prompt, word)
+            if not pos or max(pos) > MAX_TEXT_TOKENS:
+                offenders.append(f"{row.id}: {word!r} in {row.prompt!r}")
+            per_word[word] = pos
+        out.append(per_word)
+    if offenders:
+        raise ValueError(f"{len(offenders)} word(s) not found in their prompt's tokens (fix the prompt set): "
+                         + "; ".join(offenders))
+    return out
