@@ -1,0 +1,96 @@
+"""Generate + capture: the only expensive stage. One batched pass per group of (prompt, seed) samples.
+
+Per sample it stores `samples/<id>.pt` (target-token head maps summed over steps, native resolution,
+fp16 by default, plus prompt, seed, words -> token slots) and `images/<id>.png`; the HeadIndex is
+stored once as `head_index.json`. Samples already stored are skipped, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+
+import PIL.Image
+import torch
+from tqdm import tqdm
+
+from bench.cache import StageStore, write_atomic
+from bench.capture import HeadMapCapture
+from bench.heads import HeadIndex
+from bench.models import T2IModel
+from bench.prompts import PromptRow
+
+STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    row: PromptRow
+    seed: int
+    positions: dict[str, list[int]]  # word -> token positions in the prompt
+
+
+def make_samples(rows: list[PromptRow], seeds: list[int], positions: list[dict[str, list[int]]]) -> list[Sample]:
+    return [Sample(f"{row.id}__s{seed}", row, int(seed), pos) for row, pos in zip(rows, positions) for seed in seeds]
+
+
+def shard(samples: list[Sample], spec: str | None) -> list[Sample]:
+    """`i/n`: every n-th prompt starting at i (all seeds of a prompt stay in one shard)."""
+    if not spec:
+        return samples
+    i, n = (int(x) for x in str(spec).split("/"))
+    if not 0 <= i < n:
+        raise ValueError(f"shard={spec}: need 0 <= i < n")
+    prompt_ids = list(dict.fromkeys(s.row.id for s in samples))
+    mine = set(prompt_ids[i::n])
+    return [s for s in samples if s.row.id in mine]
+
+
+def sample_slots(sample: Sample) -> tuple[list[int], dict[str, list[int]]]:
+    """Distinct token positions of the sample (sorted) and, per word, its slots into that list."""
+    tokens = sorted({p for pos in sample.positions.values() for p in pos})
+    return tokens, {w: [tokens.index(p) for p in pos] for w, pos in sample.positions.items()}
+
+
+def generate_stage(model: T2IModel, samples: list[Sample], store: StageStore, steps: int, guidance_scale: float,
+                   batch_size: int, store_dtype: str = "float16", step_buckets: int = 1) -> dict:
+    """Generate and capture every sample not yet in `store`; returns stage statistics."""
+    head_index = model.head_index()
+    if store.has("head_index.json"):
+        if HeadIndex.from_json(store.file("head_index.json").read_text()) != head_index:
+            raise RuntimeError(f"{store.path}: stored HeadIndex differs from the model's; clear this cache folder")
+    else:
+        write_atomic(store.file("head_index.json"), head_index.to_json().encode())
+    todo = [s for s in samples if not store.has(f"samples/{s.id}.pt")]
+    dtype = STORE_DTYPES[store_dtype]
+    seconds, stored_bytes = 0.0, []
+    for start in tqdm(range(0, len(todo), batch_size), desc="generate+capture", unit="batch", disable=not todo):
+        batch = todo[start: start + batch_size]
+        slots = [sample_slots(s) for s in batch]
+        t0 = time.perf_counter()
+        with torch.inference_mode(), HeadMapCapture(model.unet, head_index, [t for t, _ in slots],
+                                                    n_steps=steps, step_buckets=step_buckets) as capture:
+            images = model.generate([s.row.prompt for s in batch], [s.seed for s in batch], steps, guidance_scale)
+        maps = capture.maps()  # res -> (B, S, H_r, T_max, h, w) fp32
+        seconds += time.perf_counter() - t0
+        for b, (sample, image) in enumerate(zip(batch, images)):
+            tokens, word_slots = slots[b]
+            per_res = {res: m[b, :, :, : len(tokens)].to("cpu", dtype).contiguous() for res, m in maps.items()}
+            stored_bytes.append(sum(t.numel() * t.element_size() for t in per_res.values()))
+            _save_png(store, f"images/{sample.id}.png", image)
+            store.save_torch(f"samples/{sample.id}.pt", {
+                "id": sample.id, "prompt_id": sample.row.id, "prompt": sample.row.prompt, "seed": sample.seed,
+                "tokens": tokens, "words": word_slots, "maps": per_res, "steps": steps,
+                "guidance_scale": guidance_scale})
+    stats = {"generated": len(todo), "cached": len(samples) - len(todo), "seconds": round(seconds, 3)}
+    if stored_bytes:
+        stats["bytes_per_sample"] = int(sum(stored_bytes) / len(stored_bytes))
+    return stats
+
+
+def _save_png(store: StageStore, name: str, image: PIL.Image.Image) -> None:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    write_atomic(store.file(name), buf.getvalue())
