@@ -1,0 +1,488 @@
+"""Grounded-SAM pseudo ground truth: GroundingDINO turns a word into boxes, SAM turns boxes into masks.
+
+This is the "selective aggregation" recipe for word masks: for every (image, word) pair GroundingDINO is
+queried with the word alone (lower-cased, ending in "." as GroundingDINO expects), the boxes that pass
+`box_threshold` and `text_threshold` are prompted to SAM, each box keeps SAM's best mask (highest predicted
+IoU) and the word's mask is the union over its boxes, at the image's original resolution.
+
+Everything runs through transformers (`GroundingDinoForObjectDetection`, `SamModel` and their processors);
+torchvision is not needed.
+
+Design choices
+--------------
+* One detection query per word. Each sample of a detector batch is one (image, phrase) pair, so a box found
+  for one word can never be attributed to another word (GroundingDINO's multi-phrase prompts share queries
+  between phrases). Batches mix images and phrases; the text of every sample is a single phrase.
+* Thresholds are inclusive: a box is kept when its box score (max over all prompt tokens, as in
+  GroundingDINO and transformers) is >= `box_threshold` and its text score (max over the word's own
+  tokens, i.e. without [CLS], [SEP], padding and ".") is >= `text_threshold`. transformers'
+  `post_process_grounded_object_detection` only uses `text_threshold` to build label strings (and counts
+  [SEP]/"." as label tokens), so the text filter is computed here from the logits; the processor is used
+  for the box conversion (centre -> corners, original pixel coordinates).
+* Loading is lazy: building the object (e.g. from the Hydra config) imports nothing heavy and loads no
+  weights. `check_available()` resolves both models' configs (local path or HF cache, network only when
+  allowed) and raises a one-line `ModelUnavailableError` when one is missing; call it before the GPU work starts.
+  `load()` loads the weights (it is called by the first `segment`).
+* dtype: GroundingDINO runs in float32 by default (`detector_dtype`): its scores are thresholded at
+  0.35/0.25, so a half-precision drift near a threshold would flip boxes in or out of the pseudo ground
+  truth, and it is the cheap half of the pipeline. SAM (the ViT-H image encoder is most of the cost) runs in
+  float16 on CUDA when `dtype="auto"` (float32 on CPU); its mask logits are binarised at 0 and its IoU
+  head only ranks the three candidate masks, both robust to fp16. An explicit `dtype` applies to SAM only.
+* Exclusions instead of silent zeros: no box passes -> `WordMask(reason="no detection")`; boxes but an
+  empty union -> "empty mask"; an empty word -> "empty word".
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import types
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+
+from bench import ModelUnavailableError
+from bench.segment import Segmenter, WordMask
+
+NO_DETECTION = "no detection"
+EMPTY_MASK = "empty mask"
+EMPTY_WORD = "empty word"
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+# --------------------------------------------------------------------------------------------------------
+# pure helpers (no models): tested on hand-made inputs
+
+
+def word_to_phrase(word: str) -> str:
+    """GroundingDINO phrase for one word: lower-cased, whitespace collapsed, ending with a single "."."""
+    text = " ".join(str(word).lower().split()).rstrip(". ").strip()
+    return f"{text}." if text else ""
+
+
+def filter_detections(boxes: np.ndarray, box_scores: np.ndarray, text_scores: np.ndarray,
+                      box_threshold: float, text_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep boxes with box score >= box_threshold and text score >= text_threshold.
+
+    Returns (boxes (n, 4) float32, box scores (n,) float32)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    box_scores = np.asarray(box_scores, np.float32).reshape(-1)
+    text_scores = np.asarray(text_scores, np.float32).reshape(-1)
+    if not len(boxes) == len(box_scores) == len(text_scores):
+        raise ValueError(f"{len(boxes)} boxes, {len(box_scores)} box scores, {len(text_scores)} text scores")
+    keep = (box_scores >= box_threshold) & (text_scores >= text_threshold)
+    return boxes[keep], box_scores[keep]
+
+
+def union_instances(masks, owner, n_words: int):
+    """OR instance masks into one mask per word.
+
+    masks: torch bool (n, H, W), one per box; owner: torch long (n,), the word index of each box.
+    Returns torch bool (n_words, H, W); a word without boxes gets an all-False mask."""
+    import torch
+
+    out = torch.zeros((n_words, *masks.shape[-2:]), dtype=torch.bool, device=masks.device)
+    for j in owner.unique().tolist():
+        out[j] = masks[owner == j].any(dim=0)
+    return out
+
+
+def select_best_masks(pred_masks, iou_scores):
+    """Per box, SAM's candidate mask with the highest predicted IoU.
+
+    pred_masks: (n, m, h, w) logits; iou_scores: (n, m). Returns (n, h, w)."""
+    import torch
+
+    best = iou_scores.argmax(dim=-1)
+    return pred_masks[torch.arange(pred_masks.shape[0], device=pred_masks.device), best]
+
+
+def make_word_mask(union: np.ndarray | None, boxes: np.ndarray, scores: np.ndarray) -> WordMask:
+    """WordMask from a word's union mask and its kept boxes; exclusions instead of silent zeros."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    if len(boxes) == 0:
+        return WordMask(mask=None, reason=NO_DETECTION)
+    if union is None or not union.any():
+        return WordMask(mask=None, reason=EMPTY_MASK, boxes=boxes, scores=scores)
+    return WordMask(mask=np.asarray(union, dtype=bool), boxes=boxes, scores=scores)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float | None:
+    """IoU of two boolean masks of the same shape; None when both are empty (IoU undefined)."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    union = int(np.logical_or(a, b).sum())
+    if union == 0:
+        return None
+    return int(np.logical_and(a, b).sum()) / union
+
+
+def score_masks(pred: list[dict[str, WordMask]], ref: list[dict[str, WordMask]]):
+    """Per (image, word) IoU of `pred` against `ref` (e.g. pseudo ground truth vs exact masks).
+
+    One row per pair present in either side: image, word, iou (NaN when excluded), reason (missing, i.e.
+    None/NaN, when scored; otherwise why the pair is excluded: "pred: <reason>", "ref: <reason>",
+    "pred: missing", "both masks empty", joined by "; "), pred_area, ref_area (pixels, NaN without a mask).
+    Masks of a pair must have the same shape (ValueError otherwise)."""
+    import pandas as pd
+
+    if len(pred) != len(ref):
+        raise ValueError(f"{len(pred)} predicted images vs {len(ref)} reference images")
+    rows = []
+    for i, (p_img, r_img) in enumerate(zip(pred, ref)):
+        words = list(p_img) + [w for w in r_img if w not in p_img]
+        for word in words:
+            p, r = p_img.get(word), r_img.get(word)
+            reasons = []
+            if p is None:
+                reasons.append("pred: missing")
+            elif p.reason is not None:
+                reasons.append(f"pred: {p.reason}")
+            if r is None:
+                reasons.append("ref: missing")
+            elif r.reason is not None:
+                reasons.append(f"ref: {r.reason}")
+            p_mask = p.mask if p is not None else None
+            r_mask = r.mask if r is not None else None
+            iou = math.nan
+            if not reasons:
+                value = mask_iou(p_mask, r_mask)
+                if value is None:
+                    reasons.append("both masks empty")
+                else:
+                    iou = value
+            rows.append({
+                "image": i, "word": word, "iou": iou, "reason": "; ".join(reasons) if reasons else None,
+                "pred_area": int(p_mask.sum()) if p_mask is not None else math.nan,
+                "ref_area": int(r_mask.sum()) if r_mask is not None else math.nan,
+            })
+    return pd.DataFrame(rows, columns=["image", "word", "iou", "reason", "pred_area", "ref_area"])
+
+
+def summarise_mask_agreement(df) -> dict:
+    """Mean IoU over scored pairs, how many were scored, and how many were excluded, by reason."""
+    scored = df[df["reason"].isna()]
+    excluded = df[df["reason"].notna()]
+    return {
+        "mean_iou": float(scored["iou"].mean()) if len(scored) else math.nan,
+        "median_iou": float(scored["iou"].median()) if len(scored) else math.nan,
+        "n": int(len(scored)),
+        "n_pairs": int(len(df)),
+        "n_excluded": int(len(excluded)),
+        "excluded": {str(k): int(v) for k, v in excluded["reason"].value_counts().sort_index().items()},
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# model loading
+
+
+def _env_offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(name))
+
+
+def _unavailable(kind: str, name: str, key: str, local_only: bool, err: BaseException) -> ModelUnavailableError:
+    first = " ".join(str(err).split())[:200]
+    if _looks_like_path(name):
+        path = os.path.expanduser(name)
+        what = ("does not exist" if not os.path.exists(path)
+                else f"could not be loaded ({type(err).__name__}: {first})")
+        return ModelUnavailableError(f"{kind} local copy '{name}' {what}: set segmenter.{key}= to a folder saved with "
+                            f"save_pretrained (config.json + weights) or to a Hugging Face model id")
+    where = ("the hub is not used (offline mode / local_files_only)" if local_only
+             else f"the hub is unreachable or refused it ({type(err).__name__}: {first})")
+    return ModelUnavailableError(f"{kind} '{name}' is not in the local Hugging Face cache and {where}: download it "
+                        f"on a machine with network (hf download {name}) or set "
+                        f"segmenter.{key}=/path/to/local/copy")
+
+
+@dataclass
+class _Detections:
+    """All of GroundingDINO's queries for one (image, phrase) sample, before thresholds."""
+
+    boxes: np.ndarray  # (q, 4) xyxy original pixels, clipped to the image
+    box_scores: np.ndarray  # (q,)
+    text_scores: np.ndarray  # (q,)
+
+
+class GroundedSam(Segmenter):
+    """GroundingDINO boxes per word -> SAM masks -> union per word, via transformers."""
+
+    name = "grounded_sam"
+    meaningful = True
+
+    def __init__(self, detector: str = "IDEA-Research/grounding-dino-base",
+                 sam: str = "facebook/sam-vit-huge",
+                 box_threshold: float = 0.35, text_threshold: float = 0.25, device: str = "auto",
+                 dtype: str = "auto", batch_size: int = 4, local_files_only: bool | None = None,
+                 detector_dtype: str = "float32", multimask: bool = True, sam_box_chunk: int = 64,
+                 progress: bool = True) -> None:
+        """
+        detector / sam: Hugging Face model ids or local folders (save_pretrained layout).
+        box_threshold / text_threshold: inclusive GroundingDINO thresholds (Grounded-SAM defaults).
+        device: "auto" (cuda if available, else cpu) or a torch device string.
+        dtype: SAM's dtype: "auto" (float16 on CUDA, float32 otherwise), "float32", "float16", "bfloat16".
+        batch_size: images per SAM image-encoder batch and (image, word) pairs per detector batch.
+        local_files_only: never touch the network; None -> True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE)
+            is set.
+        detector_dtype: GroundingDINO's dtype, float32 by default (see the module docstring).
+        multimask: ask SAM for its 3 candidate masks per box and keep the best by predicted IoU (True), or
+            take its single-mask output (False, what the Grounded-SAM demo does).
+        sam_box_chunk: boxes per SAM mask-decoder call (bounds memory when thresholds let many boxes through).
+        progress: show a tqdm bar over images.
+        """
+        if batch_size < 1 or sam_box_chunk < 1:
+            raise ValueError("batch_size and sam_box_chunk must be >= 1")
+        for value in (dtype, detector_dtype):
+            if value != "auto" and value not in _DTYPES:
+                raise ValueError(f"unknown dtype {value!r}: use auto, float32, float16 or bfloat16")
+        self.detector = str(detector)
+        self.sam = str(sam)
+        self.box_threshold = float(box_threshold)
+        self.text_threshold = float(text_threshold)
+        self.device = device
+        self.dtype = dtype
+        self.detector_dtype = detector_dtype
+        self.batch_size = int(batch_size)
+        self.local_files_only = local_files_only
+        self.multimask = bool(multimask)
+        self.sam_box_chunk = int(sam_box_chunk)
+        self.progress = bool(progress)
+        self._det_model = self._det_proc = self._sam_model = self._sam_proc = None
+
+    @classmethod
+    def from_models(cls, detector_model, detector_processor, sam_model, sam_processor,
+                    **kwargs) -> "GroundedSam":
+        """Wrap already-built models/processors (tests, notebooks); kwargs are constructor arguments.
+
+        The models are moved to the resolved device and dtypes like loaded ones."""
+        for key, model in (("detector", detector_model), ("sam", sam_model)):
+            kwargs.setdefault(key, getattr(model, "name_or_path", "") or type(model).__name__)
+        self = cls(**kwargs)
+        self._install(detector_model, detector_processor, sam_model, sam_processor)
+        return self
+
+    # -- device / dtype / loading ------------------------------------------------------------------
+
+    @property
+    def torch_device(self):
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def _torch_dtype(self, value: str):
+        import torch
+
+        if value == "auto":
+            return torch.float16 if self.torch_device.type == "cuda" else torch.float32
+        return getattr(torch, _DTYPES[value])
+
+    @property
+    def sam_dtype(self):
+        return self._torch_dtype(self.dtype)
+
+    @property
+    def det_dtype(self):
+        return self._torch_dtype(self.detector_dtype)
+
+    def _local_only(self) -> bool:
+        return _env_offline() if self.local_files_only is None else bool(self.local_files_only)
+
+    def check_available(self) -> None:
+        """Cheap pre-flight: resolve both models' configs (no weights); one-line ModelUnavailableError if missing."""
+        if self.loaded:
+            return
+        from transformers import AutoConfig
+
+        local_only = self._local_only()
+        for kind, name, key in (("GroundingDINO", self.detector, "detector"), ("SAM", self.sam, "sam")):
+            try:
+                AutoConfig.from_pretrained(os.path.expanduser(name), local_files_only=local_only)
+            except (OSError, ValueError) as err:
+                raise _unavailable(kind, name, key, local_only, err) from None
+
+    @property
+    def loaded(self) -> bool:
+        return self._det_model is not None
+
+    def load(self) -> "GroundedSam":
+        """Load both models and processors (idempotent); called by the first `segment`."""
+        if self.loaded:
+            return self
+        from transformers import AutoProcessor, GroundingDinoForObjectDetection, SamModel, SamProcessor
+
+        local_only = self._local_only()
+
+        def get(kind, name, key, loader):
+            try:
+                return loader.from_pretrained(os.path.expanduser(name), local_files_only=local_only)
+            except (OSError, ValueError) as err:
+                raise _unavailable(kind, name, key, local_only, err) from None
+
+        det_proc = get("GroundingDINO", self.detector, "detector", AutoProcessor)
+        det_model = get("GroundingDINO", self.detector, "detector", GroundingDinoForObjectDetection)
+        sam_proc = get("SAM", self.sam, "sam", SamProcessor)
+        sam_model = get("SAM", self.sam, "sam", SamModel)
+        self._install(det_model, det_proc, sam_model, sam_proc)
+        return self
+
+    def _install(self, det_model, det_proc, sam_model, sam_proc) -> None:
+        device = self.torch_device
+        self._det_model = det_model.to(device=device, dtype=self.det_dtype).eval()
+        self._sam_model = sam_model.to(device=device, dtype=self.sam_dtype).eval()
+        self._det_proc, self._sam_proc = det_proc, sam_proc
+        tok = det_proc.tokenizer
+        specials = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+        self._non_word_ids = {i for i in specials if i is not None}
+        dot = tok.convert_tokens_to_ids(".")
+        if dot is not None and dot != tok.unk_token_id:
+            self._non_word_ids.add(dot)
+        params = inspect.signature(det_proc.post_process_grounded_object_detection).parameters
+        # transformers renamed box_threshold -> threshold (4.47); accept either.
+        self._threshold_kw = "threshold" if "threshold" in params else "box_threshold"
+
+    # -- detection -----------------------------------------------------------------------------------
+
+    def _detect_pairs(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[_Detections]:
+        """GroundingDINO on (image, phrase) pairs, one phrase per sample; all queries, no thresholds."""
+
+        proc, model, device = self._det_proc, self._det_model, self.torch_device
+        inputs = proc(images=images, text=list(phrases), return_tensors="pt", padding="longest")
+        input_ids = inputs["input_ids"]
+        inputs = {k: (v.to(device=device, dtype=self.det_dtype) if v.is_floating_point() else v.to(device))
+                  for k, v in inputs.items()}
+        out = model(**inputs)
+        logits = out.logits.float()  # (n, q, max_text_len); -inf outside the prompt
+        sizes = [(im.height, im.width) for im in images]
+        # The processor converts the boxes (centre -> corners, original pixels). threshold=-1 keeps every
+        # query in query order; the thresholds are applied in filter_detections (inclusive, text-aware).
+        results = proc.post_process_grounded_object_detection(
+            types.SimpleNamespace(logits=logits, pred_boxes=out.pred_boxes.float()), input_ids.to(device),
+            **{self._threshold_kw: -1.0}, text_threshold=1.0, target_sizes=sizes)
+        probs = logits.sigmoid()
+        seq = input_ids.shape[1]
+        word_tok = inputs["attention_mask"].bool().clone()
+        for tid in self._non_word_ids:
+            word_tok &= inputs["input_ids"] != tid
+        text_scores = probs[:, :, :seq].masked_fill(~word_tok[:, None, :], 0.0).amax(dim=-1)
+        box_scores = probs.amax(dim=-1)
+        dets = []
+        for i, (res, (h, w)) in enumerate(zip(results, sizes)):
+            boxes = res["boxes"]
+            if boxes.shape[0] != logits.shape[1]:
+                raise RuntimeError("post_process_grounded_object_detection dropped queries at threshold -1; "
+                                   "this transformers version is not supported")
+            boxes = boxes.float().cpu().numpy()
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+            dets.append(_Detections(boxes, box_scores[i].cpu().numpy(), text_scores[i].cpu().numpy()))
+        return dets
+
+    # -- segmentation ------------------------------------------------------------------------------
+
+    def _sam_union(self, images: list[PIL.Image.Image],
+                   boxes: list[list[np.ndarray]]) -> list[list[np.ndarray | None]]:
+        """SAM masks for each image's boxes, OR-ed per word.
+
+        boxes[i][j]: (n, 4) xyxy pixels of word j in image i.
+        Returns [i][j]: bool (H, W), or None when word j of image i has no box."""
+        import torch
+
+        proc, model, device, dtype = self._sam_proc, self._sam_model, self.torch_device, self.sam_dtype
+        result: list[list[np.ndarray | None]] = [[None] * len(b) for b in boxes]
+        flat = [np.concatenate(b, 0) if b else np.zeros((0, 4), np.float32) for b in boxes]
+        sel = [i for i, f in enumerate(flat) if len(f)]  # images without any box skip SAM entirely
+        if not sel:
+            return result
+        # SamProcessor needs the same number of boxes per image: pad with copies of the first box; only the
+        # first len(flat[i]) boxes of image i are decoded.
+        n_max = max(len(flat[i]) for i in sel)
+        padded = [np.concatenate([flat[i], np.repeat(flat[i][:1], n_max - len(flat[i]), 0)], 0).tolist()
+                  for i in sel]
+        enc = proc(images=[images[i] for i in sel], input_boxes=padded, return_tensors="pt")
+        emb = model.get_image_embeddings(enc["pixel_values"].to(device=device, dtype=dtype))
+        for k, i in enumerate(sel):
+            f = flat[i]
+            owner = torch.as_tensor(np.concatenate([np.full(len(b), j) for j, b in enumerate(boxes[i])]),
+                                    device=device, dtype=torch.long)
+            union = None
+            for s in range(0, len(f), self.sam_box_chunk):
+                e = min(s + self.sam_box_chunk, len(f))
+                # boxes stay float32: SAM normalises them to [0, 1] before casting to its own dtype
+                prompt = enc["input_boxes"][k:k + 1, s:e].to(device=device, dtype=torch.float32)
+                out = model(image_embeddings=emb[k:k + 1], input_boxes=prompt,
+                            multimask_output=self.multimask)
+                best = select_best_masks(out.pred_masks[0].float(), out.iou_scores[0].float())  # (n, h, w)
+                masks = proc.post_process_masks([best[:, None]], enc["original_sizes"][k:k + 1],
+                                                enc["reshaped_input_sizes"][k:k + 1])[0][:, 0]  # (n, H, W)
+                part = union_instances(masks.bool(), owner[s:e], len(boxes[i]))
+                union = part if union is None else union | part
+            union = union.cpu().numpy()
+            for j, b in enumerate(boxes[i]):
+                if len(b):
+                    result[i][j] = union[j]
+        return result
+
+    def segment(self, images: list[PIL.Image.Image], words: list[list[str]],
+                records: list[dict] | None = None) -> list[dict[str, WordMask]]:
+        """For each image, {word: WordMask} with the union of SAM masks of the word's GroundingDINO boxes."""
+        import torch
+        from tqdm.auto import tqdm
+
+        if len(images) != len(words):
+            raise ValueError(f"{len(images)} images but {len(words)} word lists")
+        out: list[dict[str, WordMask]] = [{} for _ in images]
+        if not images:
+            return out
+        self.load()
+        with torch.inference_mode(), tqdm(total=len(images), desc="grounded-sam", unit="img",
+                                          disable=not self.progress) as bar:
+            for start in range(0, len(images), self.batch_size):
+                idx = list(range(start, min(start + self.batch_size, len(images))))
+                self._segment_batch([images[i].convert("RGB") for i in idx], [words[i] for i in idx],
+                                    [out[i] for i in idx])
+                bar.update(len(idx))
+        return out
+
+    def _segment_batch(self, images, words, out) -> None:
+        # unique phrases per image, in order; words sharing a phrase share its result
+        phrases = []
+        for b, ws in enumerate(words):
+            seen: list[str] = []
+            for w in ws:
+                p = word_to_phrase(w)
+                if not p:
+                    out[b][w] = WordMask(mask=None, reason=EMPTY_WORD)
+                elif p not in seen:
+                    seen.append(p)
+            phrases.append(seen)
+        pairs = [(b, j) for b, ps in enumerate(phrases) for j in range(len(ps))]
+        kept: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        for s in range(0, len(pairs), self.batch_size):
+            chunk = pairs[s:s + self.batch_size]
+            dets = self._detect_pairs([images[b] for b, _ in chunk], [phrases[b][j] for b, j in chunk])
+            for pair, d in zip(chunk, dets):
+                kept[pair] = filter_detections(d.boxes, d.box_scores, d.text_scores,
+                                               self.box_threshold, self.text_threshold)
+        boxes = [[kept[(b, j)][0] for j in range(len(ps))] for b, ps in enumerate(phrases)]
+        unions = self._sam_union(images, boxes)
+        for b, ws in enumerate(words):
+            for w in ws:
+                p = word_to_phrase(w)
+                if p:
+                    j = phrases[b].index(p)
+                    out[b][w] = make_word_mask(unions[b][j], *kept[(b, j)])
