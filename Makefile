@@ -4,11 +4,12 @@ PY_SYS ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-EXP ?= smoke
+EXP ?= shapes_image shapes_generated
+DIR ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow smoke bench lint clean-cache
+.PHONY: help setup test test-slow smoke bench report bench-kcurve lint clean-cache perf gpu-wheels gpu-check
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,8 +33,28 @@ test-slow:  ## the slower end-to-end checks
 smoke:  ## tiny_sdxl, 6 prompts x 2 seeds, CPU, offline: checks the whole pipeline, prints the summary
 	$(PY) -m bench $(ARGS)
 
-bench:  ## run experiment EXP (conf/experiment/EXP.yaml) into results/runs/
-	$(PY) -m bench experiment=$(EXP) $(ARGS)
+bench:  ## full sweep of each experiment in EXP (default: the shapes world, both modes; offline, CPU) -> results/runs/multirun_*/
+	@echo "make bench: experiments [$(EXP)] (the offline shapes world by default); the SDXL paper setting: make bench EXP=paper_sdxl_sweep on a GPU"
+	@for exp in $(EXP); do $(PY) -m bench -m experiment=$$exp $(ARGS) || exit 1; done
+
+report:  ## merge a finished sweep DIR=results/runs/multirun_... (or re-report one run) into one table, summary, figures
+	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep or run directory>"; exit 2; }
+	$(PY) -m bench.sweep $(DIR)
+
+# glibc hands large freed blocks back to the OS, so every 20 MB map stack page-faults anew (~10 ms a pair)
+MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296
+
+bench-kcurve:  ## speed floor: every k (1..1,300) for 1,000 synthetic SDXL-shaped samples x 2 words -> results/reference/kcurve_benchmark.*
+	$(MALLOC_ENV) $(PY) scripts/bench_kcurve.py $(ARGS)
+
+perf:  ## capture cost vs plain generation and daam.trace on tiny_sdxl, 1 CPU thread -> results/reference/perf_cpu.{json,md}
+	OMP_NUM_THREADS=1 $(PY) -m bench.perf --threads 1 --steps 10 --runs 5 --warmup 1 --profile $(ARGS)
+
+gpu-wheels:  ## pure-Python wheels scripts/gpu_check.sh installs offline on a GPU machine -> .gpu_wheels/ (no torch)
+	PY=$(PY) scripts/gpu_wheels.sh .gpu_wheels
+
+gpu-check:  ## on a GPU machine (carry .gpu_wheels): sdxl_random at 1024 px fp16, batch 1 and 4 -> OUT (if set) or results/reference
+	bash scripts/gpu_check.sh
 
 lint:  ## ruff
 	$(PY) -m ruff check bench tests scripts

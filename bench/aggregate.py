@@ -8,6 +8,8 @@ once is a cumulative sum over heads sorted by relevance.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,12 +26,37 @@ def word_head_maps(maps: dict[tuple[int, int], torch.Tensor], head_index: HeadIn
     """
     out = torch.empty(len(head_index), size, size, dtype=torch.float32)
     for res, stored in maps.items():
-        x = stored.float()
-        x = x[buckets].sum(0) if buckets is not None else x.sum(0)  # (H_r, T, h, w)
-        x = x[:, slots]  # (H_r, n_tokens, h, w)
-        x = F.interpolate(x, size=(size, size), mode="bicubic").clamp_(min=0)
-        out[torch.from_numpy(head_index.heads_at(res))] = x.mean(1)  # (H_r, size, size)
+        x = stored[buckets] if buckets is not None else stored
+        x = _sum0(x[:, :, slots].float())  # (H_r, n_tokens, h, w)
+        x = resize_bicubic(x, (size, size)).clamp_(min=0)
+        mean = _sum0(x.transpose(0, 1)).div_(len(slots))  # (H_r, size, size); in place: x is ours
+        out.index_copy_(0, torch.from_numpy(head_index.heads_at(res)), mean)
     return out
+
+
+def _sum0(x: torch.Tensor) -> torch.Tensor:
+    """Sum over dim 0; x[0] when it has one entry (torch's CPU sum over a size-1 dim is ~4x a copy)."""
+    return x[0] if len(x) == 1 else x.sum(0)
+
+
+@functools.lru_cache(maxsize=32)
+def bicubic_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) matrix of torch's 1-D bicubic resize (align_corners=False, clamped borders).
+
+    Built by resizing the unit vectors with F.interpolate itself, so it is torch's kernel, not a copy.
+    """
+    basis = torch.eye(n_in, dtype=torch.float64)[:, None, :, None].expand(n_in, 1, n_in, 4)
+    return F.interpolate(basis, size=(n_out, 4), mode="bicubic")[:, 0, :, 0].T.float().contiguous()
+
+
+def resize_bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """F.interpolate(x, size, mode="bicubic") for x (..., h, w) as two matrix products (torch's 2-D
+    bicubic is separable): equal to it within float rounding and ~4x faster on CPU for many small maps."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x.clone()  # bicubic at scale 1 is the identity, exactly
+    rows = bicubic_matrix(x.shape[-2], size[0])  # (H, h)
+    cols = bicubic_matrix(x.shape[-1], size[1])  # (W, w)
+    return rows @ (x @ cols.T)  # (..., H, W)
 
 
 def mean_of_heads(head_maps: torch.Tensor, selected: np.ndarray) -> torch.Tensor:
@@ -62,5 +89,17 @@ def ranked_heads(relevance: np.ndarray, allowed: np.ndarray | None = None, desce
 
 def top_k_curve(head_maps: torch.Tensor, order: np.ndarray) -> torch.Tensor:
     """Mean of the first k heads of `order` for every k at once: (len(order), s, s)."""
-    csum = head_maps[torch.from_numpy(order)].cumsum(0)  # (K, s, s)
-    return csum / torch.arange(1, len(order) + 1, dtype=csum.dtype)[:, None, None]
+    return torch.cat([part for _, part in top_k_chunks(head_maps, order, len(order))])
+
+
+def top_k_chunks(head_maps: torch.Tensor, order: np.ndarray, chunk: int = 128):
+    """`top_k_curve` in pieces: yields (start, means of the first k heads for k = start+1 .. start+c), so a
+    caller can score each piece while it is in the CPU cache. A running sum over heads in rank order."""
+    total = torch.zeros(head_maps.shape[1:], dtype=head_maps.dtype)
+    for start in range(0, len(order), chunk):
+        part = head_maps[torch.from_numpy(order[start: start + chunk])]  # (c, s, s), a copy
+        part[0] += total
+        for k in range(1, len(part)):  # in place: torch's CPU cumsum over dim 0 of (K, s*s) is ~5x slower
+            part[k] += part[k - 1]
+        total = part[-1].clone()
+        yield start, part.div_(torch.arange(start + 1, start + len(part) + 1, dtype=part.dtype)[:, None, None])

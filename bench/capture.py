@@ -95,9 +95,11 @@ class HeadMapCapture(AbstractContextManager):
         q = q[cond].float().view(self.batch_size, hw, heads, -1).transpose(1, 2)  # (B, heads, hw, d)
         k = k[cond].float().view(self.batch_size, k.shape[1], heads, -1).transpose(1, 2)  # (B, heads, L, d)
         probs = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)  # (B, heads, hw, L)
-        pos = self.token_pos.to(probs.device)[:, None, None, :].expand(-1, heads, hw, -1)
+        if self.token_pos.device != probs.device:  # once: a blocking host-to-GPU copy synchronises the stream
+            self.token_pos, self.token_valid = self.token_pos.to(probs.device), self.token_valid.to(probs.device)
+        pos = self.token_pos[:, None, None, :].expand(-1, heads, hw, -1)
         kept = probs.gather(-1, pos).transpose(-1, -2)  # (B, heads, T_max, hw)
-        kept = kept * self.token_valid.to(probs.device)[:, None, :, None]
+        kept = kept * self.token_valid[:, None, :, None]
         bucket = min(self.step * self.step_buckets // self.n_steps, self.step_buckets - 1) if self.n_steps else 0
         if key not in self._acc:
             self._acc[key] = torch.zeros((self.step_buckets, *kept.shape), dtype=torch.float32, device=kept.device)

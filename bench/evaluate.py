@@ -7,19 +7,24 @@ One row per (sample, word, method, variant). Pairs without a reference mask are 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from omegaconf import ListConfig
 from tqdm import tqdm
 
-from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
+from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, top_k_chunks, top_k_curve, word_head_maps
 from bench.cache import StageStore
+from bench.generate import EOT
 from bench.heads import HeadIndex
 from bench.relevance import Relevance
-from bench.score import heat_to_mask, iou
+from bench.score import iou, normalised_heat
 from bench.segment import load_word_masks
+
+COLUMNS = ["sample_id", "prompt_id", "seed", "tau", "word", "method", "variant", "n_heads", "iou", "excluded"]
 
 
 @dataclass
@@ -27,14 +32,33 @@ class Context:
     head_index: HeadIndex
     daam_latent_hw: int
     relevance: Relevance | None
+    heatmap_size: int = 64
+    #: this sample's per-head maps of every stored token group and its reference masks (set per sample)
+    word_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor | None] = field(default_factory=dict)
 
 
 class Method(ABC):
     name: str
+    #: True when the method ranks heads by the run's relevance source (scored once per random draw)
+    uses_run_relevance: bool = False
 
     @abstractmethod
     def heat_maps(self, head_maps: torch.Tensor, word: str, ctx: Context) -> dict[str, tuple[int, torch.Tensor]]:
         """head_maps (H, s, s) -> {variant: (number of heads used, heat map (s, s))}."""
+
+    def ious(self, head_maps: torch.Tensor, word: str, ctx: Context, ref: torch.Tensor | None,
+             taus: list[float]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Variants, heads used (V,) and IoU (n_taus, V): DAAM's protocol at the reference mask's size
+        (bicubic resize, min-max, > tau); all NaN when there is no reference (the pair is excluded)."""
+        maps = self.heat_maps(head_maps, word, ctx)
+        out = np.full((len(taus), len(maps)), np.nan)
+        if ref is not None:
+            heats = torch.stack([heat for _, heat in maps.values()])  # (V, s, s); NaN = no map for this pair
+            norm = normalised_heat(heats, tuple(ref.shape))  # (V, H, W)
+            out[:] = [iou(norm > tau, ref).numpy() for tau in taus]
+            out[:, heats.flatten(1).isnan().any(1).numpy()] = np.nan
+        return list(maps), np.array([n for n, _ in maps.values()]), out
 
 
 class Daam(Method):
@@ -48,23 +72,36 @@ class Daam(Method):
 
 
 class Selective(Method):
-    """Mean of the k most (order=top) or least (order=bottom) relevant heads, for each k in `k`."""
+    """Mean of the k most (order=top) or least (order=bottom) relevant heads, for each k in `k`.
+
+    `relevance` (optional) replaces the run's source for this method, e.g. a random one as a control.
+    """
 
     def __init__(self, k: list | int | float | str, order: str = "top", blocks: list[str] | None = None,
-                 resolutions: list[int] | None = None):
+                 resolutions: list[int] | None = None, relevance: Relevance | None = None, name: str | None = None):
         if order not in ("top", "bottom"):
             raise ValueError(f"method order must be top or bottom, got {order!r}")
         self.k = [k] if isinstance(k, (int, float, str)) else list(k)
         self.order = order
         self.blocks = list(blocks) if blocks else None
         self.resolutions = list(resolutions) if resolutions else None
-        self.name = "selective" if order == "top" else "bottom_k"
+        self.relevance = relevance
+        self.name = name or ("selective" if order == "top" else "bottom_k")
+
+    @property
+    def uses_run_relevance(self) -> bool:
+        return self.relevance is None
+
+    def ranking(self, word: str, ctx: Context) -> np.ndarray:
+        """The allowed heads (blocks, resolutions), most (top) or least (bottom) relevant first."""
+        relevance = self.relevance or ctx.relevance
+        if relevance is None:
+            raise ValueError(f"{self.name} needs a relevance source (relevance=...)")
+        allowed = ctx.head_index.mask(self.blocks, self.resolutions)
+        return ranked_heads(relevance.vector(word, ctx.head_index), allowed, descending=self.order == "top")
 
     def heat_maps(self, head_maps, word, ctx):
-        if ctx.relevance is None:
-            raise ValueError("selective aggregation needs a relevance source (relevance=...)")
-        allowed = ctx.head_index.mask(self.blocks, self.resolutions)
-        order = ranked_heads(ctx.relevance.vector(word, ctx.head_index), allowed, descending=self.order == "top")
+        order = self.ranking(word, ctx)
         out = {}
         for k in self.k:
             n = resolve_k(k, len(order))
@@ -73,28 +110,175 @@ class Selective(Method):
         return out
 
 
-def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
-                   relevance: Relevance | None, tau: float) -> pd.DataFrame:
-    """Score every (sample, word) with every method variant; returns the long table."""
+class CentredDisc(Method):
+    """Chance baseline: a centred disc of radius `radius` x image side, whatever the maps say."""
+
+    name = "centred_disc"
+
+    def __init__(self, radius: float = 0.25):
+        self.radius = radius
+
+    def heat_maps(self, head_maps, word, ctx):
+        side = head_maps.shape[-1]
+        centre = (torch.arange(side, dtype=torch.float32) + 0.5) / side - 0.5
+        disc = (centre[:, None] ** 2 + centre[None, :] ** 2 <= self.radius**2).float()  # (s, s)
+        return {f"r={self.radius}": (0, disc)}
+
+
+class EndOfText(Method):
+    """Chance baseline: DAAM's map of the end-of-text token (needs capture.eot=true)."""
+
+    name = "end_of_text"
+
+    def heat_maps(self, head_maps, word, ctx):
+        if EOT not in ctx.word_maps:
+            raise ValueError("the end_of_text baseline needs the end token's maps: set capture.eot=true")
+        selected = ctx.head_index.daam_mask(ctx.daam_latent_hw)
+        return {"daam heads": (int(selected.sum()), mean_of_heads(ctx.word_maps[EOT], selected))}
+
+
+class OtherWord(Method):
+    """Chance baseline: DAAM's map of another object's word of the same prompt (a word whose reference
+    mask overlaps this word's by IoU < 0.5); NaN, i.e. excluded, when the prompt has no other object."""
+
+    name = "other_word"
+
+    def heat_maps(self, head_maps, word, ctx):
+        selected = ctx.head_index.daam_mask(ctx.daam_latent_hw)
+        mine = ctx.masks.get(word)
+        for other, ref in ctx.masks.items():
+            if other != word and ref is not None and mine is not None and float(iou(ref, mine)) < 0.5:
+                return {"daam heads": (int(selected.sum()), mean_of_heads(ctx.word_maps[other], selected))}
+        return {"daam heads": (int(selected.sum()), torch.full_like(head_maps[0], float("nan")))}
+
+
+class KCurve(Selective):
+    """Every k at once (k = 1, 1 + step, ..., K allowed heads): the running mean over heads ranked by
+    relevance (`aggregate.top_k_chunks`: `top_k_curve` in cache-sized pieces), variants `k=<count>`.
+
+    Masks are compared on a `size` x `size` grid, not at image size: each k's map is binarised by DAAM's
+    protocol on that grid (bicubic resize, identity at the heat-map grid; min-max; > tau) against the
+    reference mask area-downsampled to it (a cell is in the mask when at least half of it is covered).
+    Resizing K maps per pair to 1024 px is not affordable. `size=None` compares at image size, exactly
+    as `Selective` does (small images only).
+    """
+
+    def __init__(self, order: str = "top", blocks: list[str] | None = None, resolutions: list[int] | None = None,
+                 size: int | None = 64, step: int = 1, relevance: Relevance | None = None, name: str | None = None):
+        if step < 1 or (size is not None and size < 1):
+            raise ValueError(f"kcurve needs step >= 1 and size >= 1 (or null), got step={step}, size={size}")
+        super().__init__("all", order, blocks, resolutions, relevance,
+                         name or ("kcurve" if order == "top" else "kcurve_bottom"))
+        self.size, self.step = size, step
+        self.chunk = 256 if size is not None else 8  # maps binarised at once (in the CPU cache)
+
+    def ks(self, n: int) -> np.ndarray:
+        """The k values scored out of n ranked heads (always including 1 and n)."""
+        return np.unique(np.append(np.arange(1, n + 1, self.step), n))
+
+    def heat_maps(self, head_maps, word, ctx):
+        order = self.ranking(word, ctx)
+        curve = top_k_curve(head_maps, order)  # (K, s, s)
+        return {f"k={k}": (int(k), curve[k - 1]) for k in self.ks(len(order))}
+
+    def ious(self, head_maps, word, ctx, ref, taus):
+        order = self.ranking(word, ctx)
+        ks = self.ks(len(order))
+        out = np.full((len(taus), len(ks)), np.nan)
+        if ref is not None:
+            if self.size is not None:
+                ref = F.interpolate(ref[None, None].float(), size=(self.size, self.size), mode="area")[0, 0] >= 0.5
+            scored = np.isin(np.arange(1, len(order) + 1), ks)  # (K,) which k are scored
+            for start, part in top_k_chunks(head_maps, order, self.chunk):  # scored while in the CPU cache
+                keep = scored[start: start + len(part)]
+                if not keep.any():
+                    continue
+                norm = normalised_heat(part if keep.all() else part[torch.from_numpy(keep)], tuple(ref.shape))
+                cols = np.searchsorted(ks, np.arange(start + 1, start + len(part) + 1)[keep])
+                out[:, cols] = [iou(norm > tau, ref).numpy() for tau in taus]
+        return [f"k={k}" for k in ks], ks, out
+
+
+def make_context(gen_store: StageStore, relevance: Relevance | None) -> Context:
+    """The head index and map geometry stored by the generate stage, with the relevance to rank heads by."""
     geometry = gen_store.load_json("model.json")
     head_index = HeadIndex.from_json(gen_store.file("head_index.json").read_text())
-    ctx = Context(head_index, geometry["daam_latent_hw"], relevance)
-    rows = []
-    for sample in tqdm(samples, desc="aggregate+score", unit="sample"):
-        stored = gen_store.load_torch(f"samples/{sample.id}.pt")
-        masks = load_word_masks(mask_store, sample.id)
-        base = {"sample_id": sample.id, "prompt_id": sample.row.id, "seed": sample.seed, "tau": tau}
-        for word, slots in stored["words"].items():
-            ref = masks[word]
-            head_maps = word_head_maps(stored["maps"], head_index, slots, geometry["heatmap_size"])
-            for method in methods:
-                for variant, (n_heads, heat) in method.heat_maps(head_maps, word, ctx).items():
-                    row = {**base, "word": word, "method": method.name, "variant": variant, "n_heads": n_heads,
-                           "iou": float("nan"), "excluded": ref.reason}
-                    if ref.mask is not None:
-                        pred = heat_to_mask(heat, ref.mask.shape, tau)
-                        row["iou"] = float(iou(pred, torch.from_numpy(ref.mask)))
-                        if np.isnan(row["iou"]):
-                            row["excluded"] = "empty prediction and reference"
-                    rows.append(row)
-    return pd.DataFrame(rows)
+    return Context(head_index, geometry["daam_latent_hw"], relevance, geometry["heatmap_size"])
+
+
+def load_sample(sample, gen_store: StageStore, mask_store: StageStore, ctx: Context) -> tuple[Context, dict]:
+    """A copy of ctx holding the sample's per-head maps of every stored token group (its words and, when
+    captured, the end token) and its reference masks; plus {word: WordMask} of the words to score."""
+    stored = gen_store.load_torch(f"samples/{sample.id}.pt")
+    masks = load_word_masks(mask_store, sample.id)
+    word_maps = {w: word_head_maps(stored["maps"], ctx.head_index, slots, ctx.heatmap_size)  # (H, s, s) each
+                 for w, slots in stored["words"].items()}
+    ctx = replace(ctx, word_maps=word_maps,
+                  masks={w: None if m.mask is None else torch.from_numpy(m.mask) for w, m in masks.items()})
+    return ctx, {w: masks[w] for w in stored["words"] if w != EOT}
+
+
+def score_sample(sample, gen_store: StageStore, mask_store: StageStore, methods: list[Method], ctx: Context,
+                 taus: list[float]) -> list[dict]:
+    """Blocks of long-table rows of one sample: one per (word, method, tau), variants as arrays."""
+    ctx, masks = load_sample(sample, gen_store, mask_store, ctx)
+    blocks = []
+    for word, ref in masks.items():
+        ref_mask = ctx.masks[word]
+        head_maps = ctx.word_maps[word]
+        for method in methods:
+            variants, n_heads, ious = method.ious(head_maps, word, ctx, ref_mask, taus)
+            for tau, tau_ious in zip(taus, ious):
+                blocks.append({"sample_id": sample.id, "prompt_id": sample.row.id, "seed": sample.seed, "tau": tau,
+                               "word": word, "method": method.name, "variant": variants, "n_heads": n_heads,
+                               "iou": tau_ious, "excluded": ref.reason})
+    return blocks
+
+
+def long_table(blocks: list[dict]) -> pd.DataFrame:
+    """Rows of the long table from blocks (per-variant arrays expanded); a NaN IoU with a reference
+    mask means both the prediction and the reference are empty: excluded with that reason."""
+    arrays = ("variant", "n_heads", "iou")
+    scalars = [c for c in COLUMNS if c not in arrays]
+    meta = pd.DataFrame([{c: b[c] for c in scalars} for b in blocks], columns=scalars)
+    table = meta.loc[meta.index.repeat([len(b["variant"]) for b in blocks])].reset_index(drop=True)
+    for c in arrays:
+        table[c] = np.concatenate([np.asarray(b[c]) for b in blocks]) if blocks else []
+    table.loc[table["iou"].isna() & table["excluded"].isna(), "excluded"] = "undefined IoU (empty masks or no map)"
+    return table[COLUMNS]
+
+
+def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
+                   relevance: Relevance | None, tau: float | list[float]) -> pd.DataFrame:
+    """Score every (sample, word) with every method variant at every tau; returns the long table.
+
+    A relevance source may split the scoring (`Relevance.parts`): held-out folds of the oracle (each
+    sample scored once, with the relevance and tau chosen without it; rows get a `fold` column) or draws
+    of the random control (methods ranking by the run's relevance scored once per draw, rows get `draw`).
+    """
+    taus = [float(t) for t in tau] if isinstance(tau, (list, tuple, ListConfig)) else [float(tau)]
+    parts = relevance.parts(samples, gen_store, mask_store, taus) if relevance is not None else []
+    if all(part.split is None for part in parts):
+        return _score(samples, gen_store, mask_store, methods, relevance, taus)
+    tables = []
+    if parts[0].split == "draw":
+        fixed = [m for m in methods if not m.uses_run_relevance]
+        tables.append(_score(samples, gen_store, mask_store, fixed, relevance, taus))
+        methods = [m for m in methods if m.uses_run_relevance]
+    for part in parts:
+        table = _score(part.samples, gen_store, mask_store, methods, part.relevance, part.taus,
+                       f"aggregate+score ({part.split} {part.index})")
+        tables.append(table.assign(**{part.split: part.index}))
+    tables = [t for t in tables if len(t)]
+    return pd.concat(tables, ignore_index=True) if tables else long_table([])
+
+
+def _score(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
+           relevance: Relevance | None, taus: list[float], desc: str = "aggregate+score") -> pd.DataFrame:
+    if not methods:
+        return long_table([])
+    ctx = make_context(gen_store, relevance)
+    blocks = []
+    for sample in tqdm(samples, desc=desc, unit="sample"):
+        blocks += score_sample(sample, gen_store, mask_store, methods, ctx, taus)
+    return long_table(blocks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import PIL.Image
 import torch
@@ -21,6 +22,7 @@ from bench.heads import HeadIndex
 from bench.models import T2IModel
 from bench.prompts import PromptRow
 
+EOT = "<|endoftext|>"  # key of the end-of-text token's slot in a stored sample's words
 STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -48,15 +50,43 @@ def shard(samples: list[Sample], spec: str | None) -> list[Sample]:
     return [s for s in samples if s.row.id in mine]
 
 
-def sample_slots(sample: Sample) -> tuple[list[int], dict[str, list[int]]]:
-    """Distinct token positions of the sample (sorted) and, per word, its slots into that list."""
-    tokens = sorted({p for pos in sample.positions.values() for p in pos})
-    return tokens, {w: [tokens.index(p) for p in pos] for w, pos in sample.positions.items()}
+def sample_slots(sample: Sample, eot_position: int | None = None) -> tuple[list[int], dict[str, list[int]]]:
+    """Distinct token positions of the sample (sorted) and, per word, its slots into that list; with
+    `eot_position` the end-of-text token is kept too, under the key EOT (a chance baseline's input)."""
+    positions = dict(sample.positions)
+    if eot_position is not None:
+        positions[EOT] = [eot_position]
+    tokens = sorted({p for pos in positions.values() for p in pos})
+    return tokens, {w: [tokens.index(p) for p in pos] for w, pos in positions.items()}
+
+
+def check_source(samples: list[Sample], source: str) -> None:
+    """`generated` draws images from the prompts; `image` needs an `image` file in every row."""
+    if source not in ("generated", "image"):
+        raise ValueError(f"capture.source must be 'generated' or 'image', got {source!r}")
+    if source == "image":
+        missing = sorted({s.row.id for s in samples if not Path(str(s.row.extra.get("image", ""))).is_file()})
+        if missing:
+            raise ValueError(f"capture.source=image needs an existing `image` file in every prompt row; "
+                             f"{len(missing)} rows lack one (e.g. {missing[:3]}): use a dataset with images")
+
+
+def run_batch(model: T2IModel, batch: list[Sample], source: str, steps: int,
+              guidance_scale: float) -> list[PIL.Image.Image]:
+    """Generated mode: one pipeline call. Image mode: one conditional pass per timestep on the given images."""
+    prompts, seeds = [s.row.prompt for s in batch], [s.seed for s in batch]
+    if source == "generated":
+        return model.generate(prompts, seeds, steps, guidance_scale)
+    images = [PIL.Image.open(s.row.extra["image"]).convert("RGB") for s in batch]
+    model.image_passes(images, prompts, seeds, steps)
+    return images
 
 
 def generate_stage(model: T2IModel, samples: list[Sample], store: StageStore, steps: int, guidance_scale: float,
-                   batch_size: int, store_dtype: str = "float16", step_buckets: int = 1) -> dict:
-    """Generate and capture every sample not yet in `store`; returns stage statistics."""
+                   batch_size: int, store_dtype: str = "float16", step_buckets: int = 1,
+                   source: str = "generated", capture_eot: bool = False) -> dict:
+    """Generate (or take the given images) and capture every sample not yet in `store`; returns statistics."""
+    check_source(samples, source)
     head_index = model.head_index()
     if store.has("head_index.json"):
         if HeadIndex.from_json(store.file("head_index.json").read_text()) != head_index:
@@ -68,11 +98,12 @@ def generate_stage(model: T2IModel, samples: list[Sample], store: StageStore, st
     seconds, stored_bytes = 0.0, []
     for start in tqdm(range(0, len(todo), batch_size), desc="generate+capture", unit="batch", disable=not todo):
         batch = todo[start: start + batch_size]
-        slots = [sample_slots(s) for s in batch]
+        slots = [sample_slots(s, len(model.tokenizer(s.row.prompt, truncation=True).input_ids) - 1
+                              if capture_eot else None) for s in batch]
         t0 = time.perf_counter()
         with torch.inference_mode(), HeadMapCapture(model.unet, head_index, [t for t, _ in slots],
                                                     n_steps=steps, step_buckets=step_buckets) as capture:
-            images = model.generate([s.row.prompt for s in batch], [s.seed for s in batch], steps, guidance_scale)
+            images = run_batch(model, batch, source, steps, guidance_scale)
         maps = capture.maps()  # res -> (B, S, H_r, T_max, h, w) fp32
         seconds += time.perf_counter() - t0
         for b, (sample, image) in enumerate(zip(batch, images)):

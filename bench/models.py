@@ -7,9 +7,11 @@ depend on its batch neighbours).
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import PIL.Image
 import torch
 from diffusers import (
@@ -75,7 +77,69 @@ class T2IModel:
                       guidance_scale=guidance_scale, output_type="pil")
         if not self.extra.get("fixed_size"):
             kwargs.update(height=self.height, width=self.width)
-        return self.pipe(**kwargs).images
+        output = self.pipe(**kwargs)
+        return output.images if hasattr(output, "images") else output  # the shapes pipeline returns the list
+
+    # --- image mode: condition on a caption, denoise a given image's noised versions -----------------------
+    def condition(self, prompts: list[str]) -> dict:
+        """UNet keyword arguments for the conditional pass of `prompts` (no CFG)."""
+        pipe, dev = self.pipe, self.device
+        if isinstance(pipe, StableDiffusionXLPipeline):
+            embeds, _, pooled, _ = pipe.encode_prompt(list(prompts), device=dev, num_images_per_prompt=1,
+                                                      do_classifier_free_guidance=False)
+            proj_dim = pipe.text_encoder_2.config.projection_dim
+            time_ids = pipe._get_add_time_ids((self.height, self.width), (0, 0), (self.height, self.width),
+                                              dtype=embeds.dtype, text_encoder_projection_dim=proj_dim)
+            time_ids = time_ids.to(dev).repeat(len(prompts), 1)  # (B, 6)
+            return {"encoder_hidden_states": embeds, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+        if isinstance(pipe, StableDiffusionPipeline):
+            embeds, _ = pipe.encode_prompt(list(prompts), dev, 1, False)
+            return {"encoder_hidden_states": embeds}
+        return {"encoder_hidden_states": pipe.encode_prompt(list(prompts)).to(dev, self.dtype)}
+
+    def encode_images(self, images: list[PIL.Image.Image]) -> torch.Tensor:
+        """Clean latents x0 (B, C, h, w) of RGB images of the model's size (pixels in [-1, 1] without a VAE)."""
+        for im in images:
+            if im.size != (self.width, self.height):
+                raise ValueError(f"image mode needs {self.width}x{self.height} images for {self.name}, got {im.size}")
+        pixels = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)) for im in images])
+        pixels = (pixels.permute(0, 3, 1, 2) / 127.5 - 1).to(self.device)  # (B, 3, H, W) in [-1, 1]
+        vae = getattr(self.pipe, "vae", None)
+        if vae is None:
+            return pixels.to(self.dtype)
+        latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mean  # (B, C, h, w)
+        return (latents * vae.config.scaling_factor).to(self.dtype)
+
+    def image_passes(self, images: list[PIL.Image.Image], prompts: list[str], seeds: list[int], steps: int) -> None:
+        """Noise each image to every sampling timestep (seeded) and run one conditional UNet pass per timestep.
+
+        Used inside a HeadMapCapture: the maps then describe the given image, not a generated one.
+        """
+        x0 = self.encode_images(images)  # (B, C, h, w)
+        cond = self.condition(prompts)
+        scheduler = copy.deepcopy(self.pipe.scheduler)
+        scheduler.set_timesteps(steps, device=self.device)
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        for t in scheduler.timesteps:
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators])  # (B, C, h, w)
+            x_t = scheduler.add_noise(x0, noise.to(x0.device, x0.dtype), t.repeat(len(images)))
+            if hasattr(scheduler, "_init_step_index"):  # samplers that scale inputs by the step's sigma
+                scheduler._step_index = None
+                scheduler._init_step_index(t)
+            self.unet(scheduler.scale_model_input(x_t, t), t, **cond)
+
+
+def load_shapes(path: str, heatmap_size: int = 32, device: str = "cpu") -> T2IModel:
+    """The shapes-world model the project trains (`make train-shapes`), 32 px pixel-space diffusion.
+
+    daam_latent_hw is the image's 32x32, so daam's factor rule keeps every map (factors 2 and 4)."""
+    from bench.shapes.pipeline import IMAGE_SIZE, load_shapes_pipeline
+
+    dev = resolve_device(device)
+    pipe = load_shapes_pipeline(path, device=str(dev))
+    pipe.set_progress_bar_config(disable=True)
+    return T2IModel("shapes", pipe, IMAGE_SIZE, IMAGE_SIZE, (IMAGE_SIZE, IMAGE_SIZE), heatmap_size,
+                    IMAGE_SIZE * IMAGE_SIZE, dev, torch.float32, {"fixed_size": True})
 
 
 def _daam_latent_hw(pipe: DiffusionPipeline) -> int:
@@ -120,6 +184,12 @@ def load_pretrained(name: str, kind: str, model_id: str, height: int, width: int
     return _wrap(name, pipe.to(dev), height, width, heatmap_size, dev, dt)
 
 
+def _sdxl_scheduler() -> EulerDiscreteScheduler:
+    """SDXL base 1.0's scheduler configuration."""
+    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                                  timestep_spacing="leading")
+
+
 def build_tiny_sdxl(height: int = 128, width: int = 128, seed: int = 0, heatmap_size: int = 64,
                     device: str = "cpu") -> T2IModel:
     """SDXL architecture in miniature with seeded random weights, built offline in about a second.
@@ -152,11 +222,9 @@ def build_tiny_sdxl(height: int = 128, width: int = 128, seed: int = 0, heatmap_
     text_encoder = CLIPTextModel(text_config(32))
     torch.manual_seed(seed + 3)
     text_encoder_2 = CLIPTextModelWithProjection(text_config(64))
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer("!"), unet=unet,
-                                     scheduler=scheduler)
+                                     scheduler=_sdxl_scheduler())
     return _wrap("tiny_sdxl", pipe.to(dev), height, width, heatmap_size, dev, torch.float32)
 
 
@@ -174,3 +242,44 @@ SD14_UNET_CONFIG = dict(
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     attention_head_dim=8, cross_attention_dim=768)
+# SDXL base 1.0's VAE and text encoders as published: CLIP ViT-L/14 text (hidden 768, 12 layers) and OpenCLIP
+# ViT-bigG/14 text (hidden 1280, 32 layers, projection 1280); their hidden states concatenate to the UNet's 2048.
+SDXL_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
+    norm_num_groups=32, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+SDXL_TEXT_CONFIGS = (
+    dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768,
+         hidden_act="quick_gelu"),
+    dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, projection_dim=1280,
+         hidden_act="gelu"),
+)
+
+
+def build_sdxl_random(height: int = 1024, width: int = 1024, seed: int = 0, heatmap_size: int = 64,
+                      device: str = "auto", dtype: str = "auto") -> T2IModel:
+    """SDXL base 1.0 at full size (UNet, VAE, both text encoders) with seeded random weights, no download.
+
+    Its compute cost and its 1,300 heads are the real model's; its images are noise. For performance runs.
+    Modules are created directly on `device` (on a GPU in seconds; on CPU about 30 s and 10 GiB in fp32) and
+    cast to `dtype` (auto: fp16 on CUDA, fp32 elsewhere). `device="meta"` builds the structure only.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+
+    def create(offset: int, factory):
+        torch.manual_seed(seed + offset)
+        with dev:  # parameters are allocated and randomly initialised on the target device
+            module = factory()
+        return module if dt == torch.float32 else module.to(dt)
+
+    text = [CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                           pad_token_id=49407, **config) for config in SDXL_TEXT_CONFIGS]
+    unet = create(0, lambda: UNet2DConditionModel(**SDXL_UNET_CONFIG))
+    vae = create(1, lambda: AutoencoderKL(**SDXL_VAE_CONFIG))
+    text_encoder = create(2, lambda: CLIPTextModel(text[0]))
+    text_encoder_2 = create(3, lambda: CLIPTextModelWithProjection(text[1]))
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer("!"), unet=unet,
+                                     scheduler=_sdxl_scheduler())
+    return _wrap("sdxl_random", pipe, height, width, heatmap_size, dev, dt)

@@ -40,6 +40,10 @@ def load_prompt_set(path: str | Path, limit: int | None = None) -> list[PromptRo
             raise ValueError(f"{path}:{n}: duplicate id {rec['id']!r}")
         seen.add(rec["id"])
         extra = {k: v for k, v in rec.items() if k not in ("id", "prompt", "words")}
+        if "image" in extra:  # file paths in a row are relative to the prompt set's folder
+            extra["image"] = str(path.parent / extra["image"])
+        if "masks" in extra:
+            extra["masks"] = {w: str(path.parent / m) for w, m in extra["masks"].items()}
         rows.append(PromptRow(str(rec["id"]), rec["prompt"], tuple(rec["words"]), extra))
     return rows[:limit] if limit else rows
 

@@ -1,51 +1,239 @@
-"""Summaries of the long IoU table: every number is a groupby of it, with n, spread and exclusions."""
+"""Summaries of the long IoU table: every number is a groupby of it, with n, spread and exclusions.
+
+One summary row per group (a sweep's config columns `by`, method, variant, tau):
+- `mIoU`: mean IoU over the scored (sample, word) pairs; `std_seeds`: std (ddof 1) of the per-seed mIoU;
+- `ci95_lo`, `ci95_hi`: 95% bootstrap CI of the mIoU resampling prompts (each prompt with all its pairs;
+  `scipy.stats.bootstrap`, BCa);
+- `diff_vs_<baseline>`: mean paired difference to the baseline (same sample, word, config and tau), its
+  prompt-bootstrap CI (`diff_ci95_lo`, `diff_ci95_hi`), and p-values of the Wilcoxon signed-rank test
+  (`p_wilcoxon`) and the paired t-test (`p_ttest`) on the per-prompt means of the method vs the baseline;
+- `n_pairs` (distinct (sample, word) pairs), `n_prompts`, `n_seeds`, `n_excluded` and the exclusions by reason;
+- with a `draw` column (random relevance scored once per draw): `std_draws` (std of the per-draw mIoU) and
+  `n_draws`; the mIoU and its CI pool the draws;
+- with a `fold` column (held-out oracle): `n_folds`, the folds the pairs were scored in.
+
+A method with more than CURVE_MIN_VARIANTS variants at one (config, tau) is a k-curve: its rows are in the
+CSV (and the figures), the Markdown / LaTeX tables show its best k, and its CIs use fewer resamples.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
-Z95 = 1.96
-
-
-def summarise(table: pd.DataFrame, baseline: str = "daam") -> pd.DataFrame:
-    """Per (method, variant): mIoU, std of per-seed mIoU, 95% CI over prompts, n, exclusions, paired diff."""
-    scored = table[table["excluded"].isna()]
-    base = scored[scored["method"] == baseline][["sample_id", "word", "iou"]]
-    out = []
-    for (method, variant), grp in table.groupby(["method", "variant"], sort=False):
-        ok = grp[grp["excluded"].isna()]
-        per_prompt = ok.groupby("prompt_id")["iou"].mean()
-        per_seed = ok.groupby("seed")["iou"].mean()
-        reasons = grp[grp["excluded"].notna()]["excluded"].value_counts()
-        row = {
-            "method": method, "variant": variant, "n_heads": int(grp["n_heads"].median()),
-            "mIoU": ok["iou"].mean(),
-            "std_seeds": per_seed.std(ddof=1) if len(per_seed) > 1 else np.nan,
-            "ci95_prompts": _ci(per_prompt),
-            "n_pairs": len(ok), "n_prompts": len(per_prompt), "n_seeds": len(per_seed),
-            "n_excluded": int(reasons.sum()),
-            "excluded_reasons": "; ".join(f"{r}: {n}" for r, n in reasons.items()),
-        }
-        if method != baseline:
-            pairs = ok.merge(base, on=["sample_id", "word"], suffixes=("", "_base"))
-            diff = pairs["iou"] - pairs["iou_base"]
-            per_prompt_diff = diff.groupby(pairs["prompt_id"]).mean()
-            row.update({f"diff_vs_{baseline}": diff.mean(), "diff_ci95_prompts": _ci(per_prompt_diff)})
-        out.append(row)
-    return pd.DataFrame(out)
+CURVE_MIN_VARIANTS = 10
+KEYS = ["method", "variant", "tau"]
 
 
-def _ci(per_prompt: pd.Series) -> float:
-    """Half-width of the normal 95% CI of the mean over prompts (1.96 sd / sqrt n)."""
-    return Z95 * per_prompt.std(ddof=1) / np.sqrt(len(per_prompt)) if len(per_prompt) > 1 else np.nan
+def summarise(table: pd.DataFrame, baseline: str = "daam", by: list[str] = (), n_resamples: int = 2000,
+              curve_resamples: int = 400, seed: int = 0) -> pd.DataFrame:
+    """Per (by..., method, variant, tau): mIoU, spread over seeds, prompt-bootstrap CI, n, exclusions and
+    the paired difference to `baseline` with its CI and tests (see the module docstring)."""
+    keys = list(by) + KEYS
+    ok = table[table["excluded"].isna()]
+    out = table.groupby(keys, sort=False)["n_heads"].median().astype(int).to_frame()
+    scored = ok.groupby(keys, sort=False)
+    out["mIoU"] = scored["iou"].mean()
+    out["std_seeds"] = ok.groupby(keys + ["seed"], sort=False)["iou"].mean().groupby(level=keys, sort=False).std()
+    resamples = pd.Series(n_resamples, index=out.index)
+    resamples[out.index.get_level_values("method").isin(curve_methods(table, by))] = curve_resamples
+    rng = np.random.default_rng(seed)
+    per_prompt = ok.groupby(keys + ["prompt_id"], sort=False)["iou"].agg(["sum", "count"])
+    ci = _ratio_ci(per_prompt, resamples, rng).reindex(columns=["lo", "hi"])  # no columns when nothing is scored
+    out = out.join(ci.set_axis(["ci95_lo", "ci95_hi"], axis=1))
+    out["n_pairs"] = scored.size()
+    if "draw" in table.columns:
+        out["n_pairs"] = ok.drop_duplicates(keys + ["sample_id", "word"]).groupby(keys, sort=False).size()
+        per_draw = ok.groupby(keys + ["draw"], sort=False)["iou"].mean().groupby(level=keys, sort=False)
+        out["std_draws"] = per_draw.std()
+        out["n_draws"] = per_draw.size()
+    if "fold" in table.columns:  # held-out oracle: each fold scored with relevance chosen on the others
+        out["n_folds"] = scored["fold"].nunique()
+    out["n_prompts"] = scored["prompt_id"].nunique()
+    out["n_seeds"] = scored["seed"].nunique()
+    reasons = table[table["excluded"].notna()].groupby(keys + ["excluded"], sort=False).size()
+    out["n_excluded"] = reasons.groupby(level=keys, sort=False).sum()
+    out["excluded_reasons"] = reasons.groupby(level=keys, sort=False).apply(
+        lambda r: "; ".join(f"{reason}: {n}" for reason, n in zip(r.index.get_level_values("excluded"), r)))
+    out[["n_pairs", "n_prompts", "n_seeds", "n_excluded"]] = out[
+        ["n_pairs", "n_prompts", "n_seeds", "n_excluded"]].fillna(0).astype(int)
+    out["excluded_reasons"] = out["excluded_reasons"].fillna("")
+    if (ok["method"] == baseline).any():
+        out = out.join(_paired_vs(ok, baseline, keys, resamples, rng))
+    return out.reset_index()
 
 
-def write_summary(summary: pd.DataFrame, run_dir: Path, header: list[str]) -> str:
-    """Write summary.csv and summary.md (header lines first); returns the Markdown."""
+def _paired_vs(ok: pd.DataFrame, baseline: str, keys: list[str], resamples: pd.Series,
+               rng: np.random.Generator) -> pd.DataFrame:
+    """Paired difference of every non-baseline group to the baseline's rows of the same config and tau."""
+    pair_keys = keys[:-3] + ["tau", "sample_id", "word"]
+    base = ok[ok["method"] == baseline][pair_keys + ["iou"]].drop_duplicates(pair_keys)
+    pairs = ok[ok["method"] != baseline].merge(base, on=pair_keys, suffixes=("", "_base"))
+    pairs["diff"] = pairs["iou"] - pairs["iou_base"]
+    out = pairs.groupby(keys, sort=False)["diff"].mean().rename(f"diff_vs_{baseline}").to_frame()
+    per_prompt = pairs.groupby(keys + ["prompt_id"], sort=False)
+    ci = _ratio_ci(per_prompt["diff"].agg(["sum", "count"]), resamples, rng)
+    out = out.join(ci.set_axis(["diff_ci95_lo", "diff_ci95_hi"], axis=1))
+    method = per_prompt["iou"].mean().unstack("prompt_id")  # (G, P) per-prompt means on the matched pairs
+    base_means = per_prompt["iou_base"].mean().unstack("prompt_id").loc[method.index, method.columns]
+    return out.join(_rowwise(_paired_tests, method, base_means))
+
+
+def _paired_tests(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """Wilcoxon signed-rank and paired t-test p-values, row-wise; NaN with under 2 prompts."""
+    if a.shape[1] < 2:
+        return {"p_wilcoxon": np.full(len(a), np.nan), "p_ttest": np.full(len(a), np.nan)}
+    return {"p_wilcoxon": scipy.stats.wilcoxon(a, b, axis=-1).pvalue,
+            "p_ttest": scipy.stats.ttest_rel(a, b, axis=-1).pvalue}
+
+
+def _ratio_ci(per_prompt: pd.DataFrame, resamples: pd.Series, rng: np.random.Generator) -> pd.DataFrame:
+    """95% BCa bootstrap CI of sum(sum) / sum(count) over prompts, per group (prompts resampled with their pairs)."""
+    sums = per_prompt["sum"].unstack("prompt_id")  # (G, P), NaN where a group lacks a prompt
+    counts = per_prompt["count"].unstack("prompt_id")
+    n_boot = resamples.reindex(sums.index).to_numpy()
+
+    def ci(s: np.ndarray, c: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+        if s.shape[1] < 2:
+            return {"lo": np.full(len(s), np.nan), "hi": np.full(len(s), np.nan)}
+        res = scipy.stats.bootstrap((s, c), lambda x, n, axis: x.sum(axis) / n.sum(axis), paired=True,
+                                    vectorized=True, axis=-1, n_resamples=int(n_boot[rows[0]]), method="BCa",
+                                    batch=max(1, int(2e7 // s.size)), rng=rng)
+        lo, hi = res.confidence_interval.low, res.confidence_interval.high
+        ratio = s / c
+        constant = np.all(ratio == ratio[:, :1], axis=1)  # BCa is undefined for identical values: CI = the value
+        return {"lo": np.where(constant, ratio[:, 0], lo), "hi": np.where(constant, ratio[:, 0], hi)}
+
+    return _rowwise(ci, sums, counts, split=n_boot)
+
+
+def _rowwise(fn, *frames: pd.DataFrame, split: np.ndarray | None = None) -> pd.DataFrame:
+    """fn(*arrays (g, p)[, rows]) -> {column: (g,)}, called once per set of rows with the same prompts present
+    (and the same `split` value), so every call is one vectorised scipy call without NaN."""
+    present = frames[0].notna().to_numpy()
+    sets: dict[tuple, list[int]] = {}
+    for i, row in enumerate(present):
+        sets.setdefault((row.tobytes(), None if split is None else split[i]), []).append(i)
+    result: dict[str, np.ndarray] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate groups (all ties, one prompt) give NaN, which the table shows
+        for (_, _), rows in sets.items():
+            rows = np.array(rows)
+            cols = present[rows[0]]
+            arrays = [f.to_numpy(dtype=float)[rows][:, cols] for f in frames]
+            part = fn(*arrays, rows) if split is not None else fn(*arrays)
+            for name, values in part.items():
+                result.setdefault(name, np.full(len(present), np.nan))[rows] = values
+    return pd.DataFrame(result, index=frames[0].index)
+
+
+def curve_methods(frame: pd.DataFrame, by: list[str] = ()) -> set[str]:
+    """Methods with more than CURVE_MIN_VARIANTS variants at one (config, tau): shown as k-curves."""
+    keys = list(by) + ["method", "tau"]
+    n = frame.groupby(keys, sort=False)["variant"].nunique()
+    return set(n[n > CURVE_MIN_VARIANTS].index.get_level_values("method"))
+
+
+def reference_tau(summary: pd.DataFrame) -> float:
+    """The tau shown in single-tau views: DAAM's 0.4 when scored, else the median tau."""
+    taus = np.sort(summary["tau"].unique())
+    return 0.4 if np.isclose(taus, 0.4).any() else float(taus[len(taus) // 2])
+
+
+def config_label(row: pd.Series, by: list[str]) -> str:
+    """`key=value` of a sweep's config columns (the last dotted part of each key), '' without them."""
+    return " ".join(f"{k.split('.')[-1]}={row[k]}" for k in by)
+
+
+def display_tables(summary: pd.DataFrame, by: list[str] = (), baseline: str = "daam") -> tuple[pd.DataFrame,
+                                                                                                 pd.DataFrame]:
+    """Formatted tables for Markdown / LaTeX: (point methods, k-curves as best k and all heads)."""
+    by = list(by)
+    curves = curve_methods(summary, by)
+    diff = f"diff_vs_{baseline}"
+
+    def fmt(rows: pd.DataFrame) -> pd.DataFrame:
+        labels = ["relevance"] if "relevance" in rows and "relevance" not in by else []
+        out = rows[by + KEYS[:2] + labels + KEYS[2:] + ["n_heads"]].copy()
+        out["mIoU"] = rows["mIoU"].map("{:.4f}".format)
+        out["95% CI"] = [_interval(lo, hi) for lo, hi in zip(rows["ci95_lo"], rows["ci95_hi"])]
+        out["std seeds"] = rows["std_seeds"].map(_num)
+        if "std_draws" in rows:
+            out["std draws"] = rows["std_draws"].map(_num)
+        if diff in rows:
+            out[f"Δ {baseline}"] = rows[diff].map(lambda v: _num(v, "{:+.4f}"))
+            out["Δ 95% CI"] = [_interval(lo, hi) for lo, hi in zip(rows["diff_ci95_lo"], rows["diff_ci95_hi"])]
+            out["p Wilcoxon"] = rows["p_wilcoxon"].map(lambda v: _num(v, "{:.3g}"))
+            out["p t-test"] = rows["p_ttest"].map(lambda v: _num(v, "{:.3g}"))
+        out["n pairs / prompts / seeds"] = [f"{a} / {b} / {c}" for a, b, c in
+                                            zip(rows["n_pairs"], rows["n_prompts"], rows["n_seeds"])]
+        out["excluded"] = [f"{n} ({r})" if n else "0" for n, r in zip(rows["n_excluded"], rows["excluded_reasons"])]
+        return out.rename(columns={"n_heads": "heads"})
+
+    points = fmt(summary[~summary["method"].isin(curves)])
+    curve_rows = summary[summary["method"].isin(curves)]
+    picks = []
+    for _, grp in curve_rows.groupby(by + ["method", "tau"], sort=False):
+        best = grp.loc[grp["mIoU"].idxmax()].copy()
+        best["variant"] = f"best {best['variant']} (in-sample)"
+        picks += [best, grp.loc[grp["n_heads"].idxmax()]]
+    return points, fmt(pd.DataFrame(picks)) if picks else pd.DataFrame()
+
+
+def _num(v: float, pattern: str = "{:.4f}") -> str:
+    return "" if pd.isna(v) else pattern.format(v)
+
+
+def _interval(lo: float, hi: float) -> str:
+    return "" if pd.isna(lo) or pd.isna(hi) else f"[{lo:.4f}, {hi:.4f}]"
+
+
+def write_summary(summary: pd.DataFrame, run_dir: Path, header: list[str], by: list[str] = ()) -> str:
+    """Write summary.csv (every group, numeric), summary.md and summary.tex (header first); returns the Markdown."""
     summary.to_csv(run_dir / "summary.csv", index=False)
-    md = "\n".join(header) + "\n\n" + summary.to_markdown(index=False, floatfmt=".4f") + "\n"
+    points, curves = display_tables(summary, by)
+    notes = ["", "mIoU over (sample, word) pairs; 95% CI: BCa bootstrap over prompts; Δ: paired difference to "
+             "DAAM (same sample, word, config and tau) with its bootstrap CI; p: Wilcoxon signed-rank and paired "
+             "t-test on per-prompt means."]
+    md = "\n".join(header + notes) + "\n\n" + points.to_markdown(index=False) + "\n"
+    tex = points.to_latex(index=False, escape=True)
+    if len(curves):
+        md += ("\n## k-curves (every k scored; the best k is chosen on these same pairs, so it is optimistic)\n\n"
+               + curves.to_markdown(index=False) + "\n")
+        tex += "\n" + curves.to_latex(index=False, escape=True)
     (run_dir / "summary.md").write_text(md)
+    (run_dir / "summary.tex").write_text(tex)
     return md
+
+
+def compact(summary: pd.DataFrame, by: list[str] = (), stats: dict | None = None, where: Path | None = None) -> str:
+    """A few lines for the end of a run: each method at the reference tau, k-curves as their best k."""
+    by = list(by)
+    tau = reference_tau(summary)
+    rows = summary[np.isclose(summary["tau"], tau)]
+    curves = curve_methods(summary, by)
+    lines = [f"summary at tau={tau} (mIoU [95% CI over prompts]; Δ paired vs daam [CI], Wilcoxon p; n pairs):"]
+    for _, r in rows[~rows["method"].isin(curves)].iterrows():
+        text = f"  {config_label(r, by)} {r['method']} {r['variant']}".ljust(40) + f" {r['mIoU']:.4f} " \
+               f"{_interval(r['ci95_lo'], r['ci95_hi'])}"
+        if not pd.isna(r.get("diff_vs_daam", np.nan)):
+            text += (f"  Δ {r['diff_vs_daam']:+.4f} {_interval(r['diff_ci95_lo'], r['diff_ci95_hi'])} "
+                     f"p={_num(r['p_wilcoxon'], '{:.3g}')}")
+        lines.append(text + f"  n={r['n_pairs']}" + (f" ({r['n_excluded']} excluded)" if r["n_excluded"] else ""))
+    for _, grp in rows[rows["method"].isin(curves)].groupby(by + ["method"], sort=False):
+        best = grp.loc[grp["mIoU"].idxmax()]
+        full = grp.loc[grp["n_heads"].idxmax()]
+        lines.append(f"  {config_label(best, by)} {best['method']} ({len(grp)} k)".ljust(40)
+                     + f" best k={best['n_heads']}: {best['mIoU']:.4f} (in-sample); k={full['n_heads']}: "
+                     f"{full['mIoU']:.4f}")
+    if stats:
+        gen, seg = stats.get("generate", {}), stats.get("segment", {})
+        lines.append(f"stages: generated {gen.get('generated', 0)} (cached {gen.get('cached', 0)}), segmented "
+                     f"{seg.get('segmented', 0)} (cached {seg.get('cached', 0)}), {stats.get('wall_seconds', '?')} s")
+    if where is not None:
+        lines.append(f"written to {where}")
+    return "\n".join(lines)

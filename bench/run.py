@@ -11,16 +11,18 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bench import USER_ERRORS
 from bench.cache import StageStore
-from bench.evaluate import evaluate_stage
+from bench.evaluate import KCurve, Selective, evaluate_stage, make_context
+from bench.figures import collect_overlays, write_figures
 from bench.generate import generate_stage, make_samples, shard
 from bench.prompts import load_prompt_set, prompt_set_hash, token_positions
-from bench.report import summarise, write_summary
+from bench.report import compact, reference_tau, summarise, write_summary
 from bench.segment import segment_stage
 
 
@@ -35,17 +37,34 @@ def build(node: DictConfig):
 
 
 def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
-    """Run every stage for `cfg`, writing scores, summary and stats into `run_dir`; returns the summary."""
+    """Run every stage for `cfg`, writing scores, summary, figures and stats into `run_dir`; returns the
+    summary. The logger (cfg.logger) records the config first and is finished even when a stage fails."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = build(cfg.logger)
+    with logger.session(cfg, run_dir):
+        return _run(cfg, run_dir, logger)
+
+
+def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     t_start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    rows = load_prompt_set(cfg.dataset.path, cfg.dataset.get("limit"))
+    dataset_path = build(cfg.dataset.build) if cfg.dataset.get("build") else cfg.dataset.path
+    rows = load_prompt_set(dataset_path, cfg.dataset.get("limit"))
     seeds = [int(s) for s in cfg.dataset.seeds]
     methods = [build(m) for m in cfg.method.methods.values()]
     relevance = build(cfg.relevance) if cfg.get("relevance") else None
+    analyses = [build(node) for node in (cfg.get("analyses") or {}).values()]
     segmenter = build(cfg.segmenter)
     segmenter.check_available()
     model = build(cfg.model.loader)
     positions = token_positions(model.tokenizer, rows)  # fails on any missing word before generating
+    words = sorted({w for row in rows for w in row.words})
+    own = {m.name: m.relevance for m in methods if isinstance(m, Selective) and m.relevance is not None}
+    sources = [r for r in (relevance, *own.values()) if r is not None]
+    for source in sources:
+        source.check_words(words)  # e.g. a word without a concept: fails before generating
+    for analysis in analyses:
+        analysis.check(relevance, rows)
     samples = shard(make_samples(rows, seeds, positions), cfg.get("shard"))
 
     gen = cfg.model.generation
@@ -55,7 +74,9 @@ def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     gen_store.save_json("model.json", {"name": model.name, "height": model.height, "width": model.width,
                                        "heatmap_size": model.heatmap_size, "daam_latent_hw": model.daam_latent_hw})
     gen_stats = generate_stage(model, samples, gen_store, gen.steps, gen.guidance_scale, gen.batch_size,
-                               cfg.capture.store_dtype, cfg.capture.step_buckets)
+                               cfg.capture.store_dtype, cfg.capture.step_buckets, cfg.capture.source,
+                               cfg.capture.eot)
+    relevance_stats = {s.name: s.prepare(model, cfg.paths.cache, gen_config["model"], words) for s in sources}
 
     seg_config = OmegaConf.to_container(cfg.segmenter)
     mask_store = StageStore(cfg.paths.cache, "segment", seg_config, [gen_store.key])
@@ -64,18 +85,33 @@ def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     table = evaluate_stage(samples, gen_store, mask_store, methods, relevance, cfg.eval.tau)
     table.to_csv(run_dir / "scores.csv", index=False)
     summary = summarise(table)
+    labels = {m.name: (m.relevance or relevance).label() for m in methods
+              if isinstance(m, Selective) and (m.relevance or relevance) is not None}
+    summary.insert(2, "relevance", summary["method"].map(labels).fillna(""))
     header = [f"# {cfg.get('title', 'harness run')}", "",
               f"- model: {model.name}, {model.height}x{model.width}, {gen.steps} steps, CFG {gen.guidance_scale}",
-              f"- prompts: {cfg.dataset.path} ({len(rows)} prompts x seeds {seeds})",
+              f"- prompts: {dataset_path} ({len(rows)} prompts x seeds {seeds}, {cfg.capture.source} images)",
               f"- pseudo ground truth: {segmenter.name}",
               f"- relevance: {relevance.describe() if relevance else 'none'}",
+              *(f"- relevance of {name}: {source.describe()}" for name, source in own.items()),
               f"- binarisation: bicubic to image size, min-max, > tau = {cfg.eval.tau}",
+              *(f"- {m.name}: every k; masks compared on the {m.size}x{m.size} grid (reference area-downsampled), "
+                "not at image size" for m in methods if isinstance(m, KCurve) and m.size),
               f"- cache: generate {gen_store.key}, segment {mask_store.key}"]
     if not segmenter.meaningful:
         header.insert(2, f"**These numbers only check the pipeline**: masks come from the `{segmenter.name}` "
                          "test segmenter, not from what the model drew.\n")
-    print(write_summary(summary, run_dir, header))
-    stats = {"generate": gen_stats, "segment": seg_stats, "wall_seconds": round(time.perf_counter() - t_start, 2)}
+    write_summary(summary, run_dir, header)
+    (run_dir / "header.json").write_text(json.dumps(header, indent=1))
+    overlays = collect_overlays(samples, gen_store, mask_store, methods, make_context(gen_store, relevance),
+                                reference_tau(summary))
+    torch.save(overlays, run_dir / "overlays.pt")
+    figures = write_figures(summary, run_dir, overlays=overlays) if cfg.report.figures else []
+    for analysis in analyses:
+        print(analysis(samples, gen_store, mask_store, relevance, cfg.eval.tau, run_dir))
+    stats = {"generate": gen_stats, "segment": seg_stats, "relevance": relevance_stats,
+             "wall_seconds": round(time.perf_counter() - t_start, 2)}
     (run_dir / "stats.json").write_text(json.dumps(stats, indent=1))
-    print(f"stats: {json.dumps(stats)}\nrun directory: {run_dir}")
+    logger.log_results(run_dir, table, summary, figures, overlays)
+    print(compact(summary, stats=stats, where=run_dir))
     return summary

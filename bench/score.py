@@ -17,7 +17,9 @@ def heat_to_mask(heat: torch.Tensor, image_hw: tuple[int, int], tau: float) -> t
 def normalised_heat(heat: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
     """Bicubic resize to image size, then per-map min-max to [0, 1] (eps 1e-8 as daam)."""
     x = heat.float().reshape(-1, 1, *heat.shape[-2:])
-    x = F.interpolate(x, size=image_hw, mode="bicubic")[:, 0]  # (K, H, W)
+    if tuple(x.shape[-2:]) != tuple(image_hw):  # bicubic at scale 1 is the identity, exactly: skip it
+        x = F.interpolate(x, size=image_hw, mode="bicubic")
+    x = x[:, 0]  # (K, H, W)
     lo = x.amin(dim=(1, 2), keepdim=True)
     hi = x.amax(dim=(1, 2), keepdim=True)
     x = (x - lo) / (hi - lo + 1e-8)
@@ -26,7 +28,12 @@ def normalised_heat(heat: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tens
 
 def iou(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """IoU of bool masks over the last two dims; pred (..., H, W), ref (H, W). NaN when both are empty."""
-    inter = (pred & ref).sum(dim=(-2, -1)).double()
-    union = (pred | ref).sum(dim=(-2, -1)).double()
+    inter = _count(pred & ref).double()
+    union = _count(pred | ref).double()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(union, float("nan")))
+
+
+def _count(mask: torch.Tensor) -> torch.Tensor:
+    """True pixels per mask over the last two dims (as uint8 with an int32 sum: ~20x faster than bool.sum)."""
+    return mask.flatten(-2).view(torch.uint8).sum(-1, dtype=torch.int32)
 

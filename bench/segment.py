@@ -6,7 +6,6 @@ import io
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -46,17 +45,16 @@ class Segmenter(ABC):
 
 
 class FileMaskSegmenter(Segmenter):
-    """TEST segmenter: reads each word's mask from a PNG named in the prompt row (`masks: {word: path}`).
+    """Reads each word's mask from a PNG named in the prompt row (`masks: {word: path}`).
 
-    Its masks are fixtures, unrelated to what a random-weight model draws: tables built on it only
-    check the pipeline, and say so.
+    As `file_masks` (meaningful=False) its masks are fixtures unrelated to what a random-weight model
+    draws, and tables built on it say they only check the pipeline. As `exact_masks` it serves masks
+    that are exact for the image (image mode on rendered or annotated images).
     """
 
-    name = "file_masks"
-    meaningful = False
-
-    def __init__(self, root: str):
-        self.root = Path(root)
+    def __init__(self, name: str = "file_masks", meaningful: bool = False):
+        self.name = name
+        self.meaningful = meaningful
 
     def segment(self, images: list[PIL.Image.Image], words: list[list[str]],
                 records: list[dict] | None = None) -> list[dict[str, WordMask]]:
@@ -70,7 +68,7 @@ class FileMaskSegmenter(Segmenter):
                 if word not in paths:
                     per_word[word] = WordMask(None, "no mask file")
                     continue
-                mask = np.array(PIL.Image.open(self.root / paths[word]).convert("L").resize(image.size)) > 127
+                mask = np.array(PIL.Image.open(paths[word]).convert("L").resize(image.size)) > 127
                 per_word[word] = WordMask(mask) if mask.any() else WordMask(None, "empty mask")
             out.append(per_word)
         return out
@@ -87,7 +85,8 @@ def segment_stage(segmenter: Segmenter, samples: list, image_store: StageStore, 
     for start in tqdm(range(0, len(todo), batch_size), desc=f"segment ({segmenter.name})", disable=not todo):
         batch = todo[start: start + batch_size]
         images = [PIL.Image.open(image_store.file(f"images/{s.id}.png")).convert("RGB") for s in batch]
-        results = segmenter.segment(images, [list(s.row.words) for s in batch], [s.row.extra for s in batch])
+        records = [{"prompt": s.row.prompt, **s.row.extra} for s in batch]
+        results = segmenter.segment(images, [list(s.row.words) for s in batch], records)
         for sample, per_word in zip(batch, results):
             meta = {}
             for word, wm in per_word.items():

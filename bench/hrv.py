@@ -1,0 +1,453 @@
+"""Head relevance vectors (HRV, Park et al. ICLR 2025) computed here, label-free; and a polysemy diagnosis.
+
+While the model draws neutral probe prompts, at every cross-attention call and step each conditional
+row samples one word per concept; the words' token embeddings (each word embedded alone, as the
+pipeline embeds a prompt) go through that layer's own `to_k`; `softmax(Q_cond K^T * scale)` over
+those concept tokens is averaged over space and over each word's tokens, and every head votes for its
+argmax concept. Votes are summed over prompts and steps, normalised per head over concepts, then per
+concept L1-normalised over heads and multiplied by H (each vector sums to H).
+
+The generation itself uses the real prompt: `HeadVoter` wraps each attn2 processor (the original
+computes the output, unchanged), reading the layer's queries from a `to_q` forward hook.
+
+Word-level variant: each target word is an extra column competing with the concepts' sampled words
+(35-way argmax per word); its vector is the share of calls where the word wins, L1-normalised x H.
+
+Differences from the upstream code: the softmax runs over the concept words' tokens only (upstream
+also includes the first word's start token); a column without any vote gets a uniform vector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from tqdm import tqdm
+
+from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
+from bench.cache import StageStore, write_atomic
+from bench.heads import HeadIndex
+from bench.models import T2IModel
+from bench.prompts import MAX_TEXT_TOKENS, PromptRow, load_prompt_set, prompt_set_hash
+from bench.relevance import ConceptRelevance, Relevance, read_concept_words
+from bench.score import heat_to_mask, iou, normalised_heat
+from bench.segment import load_word_masks
+
+# --- concept words and their embeddings --------------------------------------------------------------------
+
+
+def load_concepts(path: str | Path) -> dict[str, list[str]]:
+    """{concept: words} from our JSON or HRV's numbered list; every concept needs at least one word."""
+    concepts = read_concept_words(path)
+    empty = [c for c, words in concepts.items() if not words]
+    if not concepts or empty:
+        raise ValueError(f"{path}: every concept needs words (empty: {empty[:5]})")
+    return concepts
+
+
+def embed_words(model: T2IModel, words: list[str], chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each word embedded alone by the pipeline's `encode_prompt`; keeps its own tokens (no start / end).
+
+    Returns fp32 (N, T, D) token embeddings, padded to the longest word's T tokens, and bool (N, T) validity.
+    """
+    n_tokens = [len(model.tokenizer(w).input_ids) - 2 for w in words]
+    bad = [w for w, n in zip(words, n_tokens) if not 1 <= n <= MAX_TEXT_TOKENS]
+    if bad:
+        raise ValueError(f"words with no tokens or too many: {bad}")
+    embeds = []
+    with torch.inference_mode():
+        for start in range(0, len(words), chunk):
+            embeds.append(model.condition(words[start: start + chunk])["encoder_hidden_states"].float())  # (n, 77, D)
+    embeds = torch.cat(embeds)
+    t_max = max(n_tokens)
+    tokens = torch.zeros(len(words), t_max, embeds.shape[-1], device=embeds.device)
+    valid = torch.zeros(len(words), t_max, dtype=torch.bool, device=embeds.device)
+    for i, n in enumerate(n_tokens):
+        tokens[i, :n] = embeds[i, 1: 1 + n]
+        valid[i, :n] = True
+    return tokens, valid
+
+
+# --- voting ------------------------------------------------------------------------------------------------
+
+
+class HeadVoter(AbstractContextManager):
+    """Context manager: at every attn2 call, each conditional row's heads vote for one concept.
+
+    concept_tokens / concept_valid: (N_w, T, D) / (N_w, T) embeddings of every concept word;
+    word_concept: (N_w,) concept id of each; generators: one per batch row (word sampling);
+    target_tokens / target_valid: (W, T', D) / (W, T') extra word columns, or None.
+    After the pass: `votes` (H, C) int64, `word_votes` (H, W) int64, `calls` (H,) int64, HeadIndex order.
+    """
+
+    def __init__(self, unet: torch.nn.Module, head_index: HeadIndex, concept_tokens: torch.Tensor,
+                 concept_valid: torch.Tensor, word_concept: torch.Tensor, generators: list[torch.Generator],
+                 target_tokens: torch.Tensor | None = None, target_valid: torch.Tensor | None = None):
+        self.unet, self.head_index, self.generators = unet, head_index, generators
+        self.batch_size = len(generators)
+        self.concept_tokens, self.concept_valid = concept_tokens, concept_valid
+        self.n_concepts = int(word_concept.max()) + 1
+        # (C, max words) word ids per concept, padded with the concept's first word; (C,) word counts
+        per_concept = [torch.nonzero(word_concept == c).flatten() for c in range(self.n_concepts)]
+        self.n_words = torch.tensor([len(w) for w in per_concept])
+        if (self.n_words == 0).any():
+            raise ValueError("every concept needs at least one word")
+        self.word_ids = torch.stack([F.pad(w, (0, int(self.n_words.max()) - len(w)), value=int(w[0]))
+                                     for w in per_concept])
+        self.target_tokens, self.target_valid = target_tokens, target_valid
+        n_targets = 0 if target_tokens is None else len(target_tokens)
+        self.votes = torch.zeros(len(head_index), self.n_concepts, dtype=torch.int64)
+        self.word_votes = torch.zeros(len(head_index), n_targets, dtype=torch.int64)
+        self.calls = torch.zeros(len(head_index), dtype=torch.int64)
+        self._keys: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._q: dict[str, torch.Tensor] = {}
+        self._originals: dict[str, object] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> "HeadVoter":
+        modules = dict(self.unet.named_modules())
+        processors = self.unet.attn_processors
+        for layer in self.head_index.layers:
+            attn: Attention = modules[layer.processor.removesuffix(".processor")]
+            if attn.norm_q is not None or attn.norm_k is not None:
+                raise NotImplementedError(f"{layer.processor}: q/k normalisation is not supported by HRV voting")
+            self._handles.append(attn.to_q.register_forward_hook(self._store_q(layer.processor)))
+            self._originals[layer.processor] = processors[layer.processor]
+            attn.set_processor(_VotingProcessor(self, layer.processor, processors[layer.processor]))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        modules = dict(self.unet.named_modules())
+        for key, original in self._originals.items():
+            modules[key.removesuffix(".processor")].set_processor(original)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._originals.clear()
+
+    def _store_q(self, key: str):
+        def hook(_module, _inputs, output):
+            self._q[key] = output
+        return hook
+
+    def _layer_keys(self, key: str, attn: Attention) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This layer's to_k of every concept word (N_w, T, heads*d) and target word, fp32, computed once."""
+        if key not in self._keys:
+            dtype = attn.to_k.weight.dtype
+            concept = attn.to_k(self.concept_tokens.to(dtype)).float()
+            target = None if self.target_tokens is None else attn.to_k(self.target_tokens.to(dtype)).float()
+            self._keys[key] = (concept, target)
+        return self._keys[key]
+
+    def _sample(self, device: torch.device) -> torch.Tensor:
+        """(B, C) word ids: one word per concept for each row, from the row's own generator."""
+        u = torch.stack([torch.rand(self.n_concepts, generator=g) for g in self.generators])  # (B, C)
+        pick = (u * self.n_words).long().clamp_(max=self.n_words - 1)
+        return self.word_ids.gather(1, pick.T).T.contiguous().to(device)  # (B, C)
+
+    def _vote(self, key: str, attn: Attention) -> None:
+        q = self._q.pop(key)  # (N, hw, heads*d)
+        n_rows, hw, _ = q.shape
+        if n_rows not in (self.batch_size, 2 * self.batch_size):
+            raise RuntimeError(f"{key}: UNet batch {n_rows} is neither B={self.batch_size} nor 2B (CFG)")
+        B, heads, C = self.batch_size, attn.heads, self.n_concepts
+        q = q[n_rows - B:].float().view(B, hw, heads, -1).transpose(1, 2)  # (B, heads, hw, d) conditional rows
+        keys, target_keys = self._layer_keys(key, attn)
+        choice = self._sample(q.device)  # (B, C)
+        T = keys.shape[1]
+        k = keys[choice].view(B, C * T, heads, -1).transpose(1, 2)  # (B, heads, C*T, d)
+        valid = self.concept_valid[choice].view(B, 1, 1, C * T)  # (B, 1, 1, C*T)
+        n_tok = self.concept_valid[choice].sum(-1).float()[:, None]  # (B, 1, C)
+        logits = (q @ k.transpose(-1, -2) * attn.scale).masked_fill(~valid, float("-inf"))  # (B, heads, hw, C*T)
+        probs = torch.softmax(logits, dim=-1).mean(2)  # (B, heads, C*T): mean over space
+        scores = probs.view(B, heads, C, T).sum(-1) / n_tok  # (B, heads, C): mean over each word's tokens
+        layer = self.head_index.layer(key)
+        rows = slice(layer.offset, layer.offset + heads)
+        self.votes[rows] += F.one_hot(scores.argmax(-1).cpu(), C).sum(0)
+        self.calls[rows] += B
+        if target_keys is not None:
+            wins = target_word_wins(q, logits, target_keys, self.target_valid, attn.scale, n_tok)  # (B, heads, W)
+            self.word_votes[rows] += wins.sum(0).cpu()
+
+
+def target_word_wins(q: torch.Tensor, logits: torch.Tensor, target_keys: torch.Tensor, target_valid: torch.Tensor,
+                     scale: float, n_tok: torch.Tensor) -> torch.Tensor:
+    """Bool (B, heads, W): does target word w win its own softmax over the sampled concept tokens plus w's
+    tokens (argmax over the C concepts and w of the spatial mean, token-averaged; a tie goes to the concept)?
+
+    q (B, heads, hw, d); logits (B, heads, hw, C*T) of the concept tokens (-inf on padding); target_keys
+    (W, T', heads*d) and target_valid (W, T'); n_tok (B, 1, C) tokens of each sampled concept word.
+    """
+    B, heads, hw, _ = q.shape
+    C = n_tok.shape[-1]
+    W, T2 = target_valid.shape
+    kw = target_keys.reshape(W, T2, heads, -1)  # (W, T', heads, d)
+    lw = torch.einsum("bhpd,wthd->bhpwt", q, kw) * scale  # (B, heads, hw, W, T')
+    lw = lw.masked_fill(~target_valid, float("-inf"))
+    m = torch.maximum(logits.amax(-1), lw.flatten(-2).amax(-1))  # (B, heads, hw), for stability
+    ec = torch.exp(logits - m[..., None])  # (B, heads, hw, C*T)
+    ew = torch.exp(lw - m[..., None, None])  # (B, heads, hw, W, T')
+    zc, zw = ec.sum(-1), ew.sum(-1)  # (B, heads, hw), (B, heads, hw, W)
+    r = 1.0 / (zc[..., None] + zw)  # (B, heads, hw, W): each word's softmax denominator
+    per_concept = ec.view(B, heads, hw, C, -1).sum(-1) / n_tok[:, :, None]  # (B, heads, hw, C)
+    s_concept = torch.einsum("bhpw,bhpc->bhwc", r, per_concept) / hw  # (B, heads, W, C)
+    s_word = (zw * r).mean(2) / target_valid.sum(-1)  # (B, heads, W)
+    return s_word > s_concept.amax(-1)
+
+
+class _VotingProcessor:
+    """Runs the original processor (the layer's output), then votes from the queries its to_q produced."""
+
+    def __init__(self, voter: HeadVoter, key: str, inner: object):
+        self.voter, self.key, self.inner = voter, key, inner
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, **kwargs) -> torch.Tensor:
+        out = self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                         attention_mask=attention_mask, **kwargs)
+        self.voter._vote(self.key, attn)
+        return out
+
+
+def relevance_vectors(votes: np.ndarray, calls: np.ndarray | None = None) -> np.ndarray:
+    """(H, C) vote counts -> (C, H) vectors: per head share of its votes (of `calls` when given), then per
+    column L1 over heads x H. A column with no votes gets the uniform vector (ones)."""
+    votes = votes.astype(np.float64)
+    per_head = (calls if calls is not None else votes.sum(1)).astype(np.float64)[:, None]
+    share = np.divide(votes, per_head, out=np.zeros_like(votes), where=per_head > 0)  # (H, C)
+    total = share.sum(0)  # (C,)
+    n_heads = votes.shape[0]
+    out = np.ones((votes.shape[1], n_heads))
+    has = total > 0
+    out[has] = share[:, has].T / total[has, None] * n_heads
+    return out
+
+
+# --- the stage -----------------------------------------------------------------------------------------------
+
+
+def _sub_seed(seed: int, index: int, stream: str) -> int:
+    return int(hashlib.sha256(f"{stream}:{seed}:{index}".encode()).hexdigest()[:8], 16)
+
+
+def hrv_stage(model: T2IModel, probe: list[PromptRow], concepts: dict[str, list[str]], store: StageStore,
+              steps: int, guidance_scale: float, batch_size: int, seed: int = 0,
+              words: list[str] | None = None) -> dict:
+    """Vote over the probe prompts in batches (one partial file per batch: a killed run resumes), then
+    write `hrv.pt` (votes, vectors, HRV head names), `vectors.npy` / `head_names.npy` (HRV's format)."""
+    head_index = model.head_index()
+    if store.has("head_index.json"):
+        if HeadIndex.from_json(store.file("head_index.json").read_text()) != head_index:
+            raise RuntimeError(f"{store.path}: stored HeadIndex differs from the model's; clear this cache folder")
+    else:
+        write_atomic(store.file("head_index.json"), head_index.to_json().encode())
+    words = list(words or [])
+    names = list(concepts)
+    starts = list(range(0, len(probe), batch_size))
+    todo = [s for s in starts if not store.has(f"votes/{s:06d}.pt")]
+    if todo or not store.has("hrv.pt"):
+        flat = [(c, w) for c, ws in enumerate(concepts.values()) for w in ws]
+        tokens, valid = embed_words(model, [w for _, w in flat])
+        word_concept = torch.tensor([c for c, _ in flat])
+        targets = embed_words(model, words) if words else (None, None)
+        for start in tqdm(todo, desc="hrv votes", unit="batch", disable=not todo):
+            batch = probe[start: start + batch_size]
+            idx = range(start, start + len(batch))
+            gens = [torch.Generator("cpu").manual_seed(_sub_seed(seed, i, "words")) for i in idx]
+            with torch.inference_mode(), HeadVoter(model.unet, head_index, tokens, valid, word_concept, gens,
+                                                   *targets) as voter:
+                model.generate([r.prompt for r in batch], [_sub_seed(seed, i, "noise") for i in idx], steps,
+                               guidance_scale)
+            store.save_torch(f"votes/{start:06d}.pt", {"votes": voter.votes, "word_votes": voter.word_votes,
+                                                       "calls": voter.calls, "prompt_ids": [r.id for r in batch]})
+        parts = [store.load_torch(f"votes/{s:06d}.pt") for s in starts]
+        votes = sum(p["votes"] for p in parts).numpy()
+        word_votes = sum(p["word_votes"] for p in parts).numpy()
+        calls = sum(p["calls"] for p in parts).numpy()
+        vectors = relevance_vectors(votes)
+        store.save_torch("hrv.pt", {
+            "concepts": names, "head_names": head_index.hrv_names(), "votes": votes, "vectors": vectors,
+            "words": words, "word_votes": word_votes, "word_vectors": relevance_vectors(word_votes, calls),
+            "calls": calls, "n_prompts": len(probe), "steps": steps})
+        _save_npy(store, "vectors.npy", vectors.astype(np.float32))
+        _save_npy(store, "head_names.npy", np.array(head_index.hrv_names()))
+        store.save_json("concepts.json", concepts)
+    return {"batches_computed": len(todo), "batches_cached": len(starts) - len(todo), "key": store.key}
+
+
+def _save_npy(store: StageStore, name: str, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_atomic(store.file(name), buf.getvalue())
+
+
+class HRVRelevance(ConceptRelevance):
+    """`relevance=hrv` (level=concept: a word's concept vector) / `hrv_word` (level=word: the word's own
+    column), computed here by the cached `hrv` stage on neutral probe prompts."""
+
+    name = "hrv"
+
+    def __init__(self, concepts: str, probe: str, steps: int, guidance_scale: float, batch_size: int = 4,
+                 probe_limit: int | None = None, seed: int = 0, level: str = "concept",
+                 word_to_concept: dict | str | list | None = None, default_concept: str | None = None):
+        if level not in ("concept", "word"):
+            raise ValueError(f"relevance.level must be concept or word, got {level!r}")
+        super().__init__(word_to_concept, default_concept)
+        self.concept_path, self.probe_path = str(concepts), str(probe)
+        self.concept_words = load_concepts(concepts)
+        self.concepts = list(self.concept_words)
+        self.probe = load_prompt_set(probe, probe_limit)
+        self.steps, self.guidance_scale, self.batch_size = int(steps), float(guidance_scale), int(batch_size)
+        self.seed, self.level = int(seed), level
+        self.name = "hrv" if level == "concept" else "hrv_word"
+        self.words: list[str] = []
+        self.word_vectors: np.ndarray | None = None
+        self.key = ""
+
+    def check_words(self, words: list[str]) -> None:
+        if self.level == "concept":
+            super().check_words(words)
+
+    def prepare(self, model: T2IModel, cache_root: str, model_config: dict, words: list[str]) -> dict:
+        targets = sorted(set(words)) if self.level == "word" else []
+        config = {"model": model_config, "steps": self.steps, "guidance_scale": self.guidance_scale,
+                  "batch_size": self.batch_size, "seed": self.seed, "concepts": self.concept_words,
+                  "words": targets}
+        store = StageStore(cache_root, "hrv", config, [prompt_set_hash(self.probe)])
+        stats = hrv_stage(model, self.probe, self.concept_words, store, self.steps, self.guidance_scale,
+                          self.batch_size, self.seed, targets)
+        result = store.load_torch("hrv.pt")
+        self.vectors, self.head_names = result["vectors"], result["head_names"]
+        self.words, self.word_vectors = result["words"], result["word_vectors"]
+        self.key = store.key
+        return stats
+
+    def vector(self, word: str, head_index: HeadIndex) -> np.ndarray:
+        if self.level == "concept":
+            return super().vector(word, head_index)
+        if word not in self.words:
+            raise KeyError(f"word {word!r} has no word-level vector (computed for {self.words})")
+        return self._in_index_order(self.word_vectors[self.words.index(word)], head_index)
+
+    def describe(self) -> str:
+        what = ("a word's vector is its concept's (relevance.word_to_concept)" if self.level == "concept"
+                else "word level: each target word an extra column beside the concepts")
+        return (f"{self.name} (computed here, label-free: {len(self.probe)} probe prompts from {self.probe_path} "
+                f"x {self.steps} steps, CFG {self.guidance_scale}, seed {self.seed}; {len(self.concepts)} concepts x "
+                f"{sum(map(len, self.concept_words.values()))} words from {self.concept_path}; {what}; "
+                f"cache hrv/{self.key})")
+
+    def label(self) -> str:
+        return f"{self.name}[{Path(self.probe_path).stem} n={len(self.probe)} x {self.steps} steps]"
+
+
+# --- experiment 3: misinterpretation diagnosis -----------------------------------------------------------------
+
+
+class PolysemyDiagnosis:
+    """The same word's map through the top-k heads of each candidate concept (prompt row field `concepts`).
+
+    One table row per (sample, word, concept): `mass` = mean over those heads and the map of the word's
+    attention (summed over steps, before any normalisation), `iou` against the pseudo ground truth when
+    the pair has one; per (sample, word) the `interpretation` is the concept with the best IoU (the
+    largest mass when there is no mask). Writes polysemy.csv, polysemy.md and polysemy.png (rows:
+    samples; columns: image, DAAM map, one map per concept) into the run directory.
+    """
+
+    def __init__(self, k: int | float | str = "10%", max_figure_rows: int = 12):
+        self.k, self.max_figure_rows = k, max_figure_rows
+
+    def check(self, relevance: Relevance | None, rows: list[PromptRow]) -> None:
+        """One clear error before generation: concept vectors needed, every row names known concepts."""
+        if not isinstance(relevance, ConceptRelevance):
+            raise ValueError("the polysemy diagnosis needs per-concept vectors: use relevance=hrv or hrv_file")
+        bad = [r.id for r in rows if not r.extra.get("concepts")
+               or any(c not in relevance.concepts for c in r.extra["concepts"])]
+        if bad:
+            raise ValueError(f"polysemy rows need a `concepts` list of known concepts ({relevance.concepts}): {bad}")
+
+    def __call__(self, samples: list, gen_store: StageStore, mask_store: StageStore, relevance: ConceptRelevance,
+                 tau: float | list[float], run_dir: Path) -> str:
+        tau = float(tau if isinstance(tau, (int, float)) else tau[0])  # a tau sweep: its first value
+        geometry = gen_store.load_json("model.json")
+        head_index = HeadIndex.from_json(gen_store.file("head_index.json").read_text())
+        daam = head_index.daam_mask(geometry["daam_latent_hw"])
+        heads = {}
+        for c in sorted({c for s in samples for c in s.row.extra["concepts"]}):
+            order = ranked_heads(relevance.concept_vector(c, head_index))
+            heads[c] = np.sort(order[: resolve_k(self.k, len(order))])
+        rows, figure = [], []
+        for sample in samples:
+            stored = gen_store.load_torch(f"samples/{sample.id}.pt")
+            masks = load_word_masks(mask_store, sample.id)
+            for word, slots in stored["words"].items():
+                maps = word_head_maps(stored["maps"], head_index, slots, geometry["heatmap_size"])  # (H, s, s)
+                ref = masks[word].mask
+                per_concept = {}
+                for c in sample.row.extra["concepts"]:
+                    heat = mean_of_heads(maps, heads[c])
+                    score = float("nan")
+                    if ref is not None:
+                        score = float(iou(heat_to_mask(heat, ref.shape, tau), torch.from_numpy(ref)))
+                    per_concept[c] = heat
+                    rows.append({"sample_id": sample.id, "prompt_id": sample.row.id, "seed": sample.seed,
+                                 "word": word, "concept": c, "intended": sample.row.extra.get("intended"),
+                                 "n_heads": len(heads[c]), "mass": float(heat.mean()), "iou": score,
+                                 "excluded": masks[word].reason})
+                figure.append((sample, word, mean_of_heads(maps, daam), per_concept))
+        table = pd.DataFrame(rows)
+        table["interpreted_by"] = np.where(table["iou"].notna(), "iou", "mass")  # the same for a pair's rows
+        value = table["iou"].where(table["iou"].notna(), table["mass"])
+        best = table.loc[value.groupby([table["sample_id"], table["word"]]).idxmax(), ["sample_id", "word", "concept"]]
+        table = table.merge(best.rename(columns={"concept": "interpretation"}), on=["sample_id", "word"])
+        table.to_csv(run_dir / "polysemy.csv", index=False)
+        pairs = table.drop_duplicates(["sample_id", "word"])
+        decided = pairs[pairs["intended"].notna()]
+        agree = decided["interpretation"] == decided["intended"]
+        summary = (table.assign(chosen=table["concept"] == table["interpretation"])
+                   .groupby(["prompt_id", "word", "concept"], sort=False, dropna=False)
+                   .agg(intended=("intended", "first"), n_seeds=("seed", "nunique"), mass=("mass", "mean"),
+                        iou=("iou", "mean"), share_interpreted=("chosen", "mean")).reset_index())
+        header = [f"# Misinterpretation diagnosis: each word's map through the top {self.k} heads of each concept",
+                  "", f"- relevance: {relevance.describe()}",
+                  "- interpretation = per (sample, word) the concept with the highest IoU against the pseudo "
+                  "ground truth, or the highest mass where the pair has no mask "
+                  f"({int((table['interpreted_by'] == 'iou').sum() / max(len(table), 1) * 100)}% of rows by IoU)",
+                  f"- n: {table['sample_id'].nunique()} samples, {len(summary)} (prompt, concept) rows; tau = {tau}",
+                  f"- interpretation = intended concept in {int(agree.sum())} of {len(agree)} (sample, word) pairs "
+                  "whose prompt decides the sense"]
+        md = "\n".join(header) + "\n\n" + summary.to_markdown(index=False, floatfmt=".4f") + "\n"
+        (run_dir / "polysemy.md").write_text(md)
+        self._plot(figure[: self.max_figure_rows], gen_store, run_dir / "polysemy.png")
+        return md
+
+    def _plot(self, items: list, gen_store: StageStore, path: Path) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import PIL.Image
+
+        n_cols = 2 + max(len(pc) for *_, pc in items)
+        fig, axes = plt.subplots(len(items), n_cols, figsize=(2.2 * n_cols, 2.3 * len(items)), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for r, (sample, word, daam_heat, per_concept) in enumerate(items):
+            image = np.array(PIL.Image.open(gen_store.file(f"images/{sample.id}.png")).convert("RGB"))
+            axes[r, 0].imshow(image)
+            axes[r, 0].set_title(f"{sample.row.prompt[:28]}\nseed {sample.seed}", fontsize=7)
+            for c, (title, heat) in enumerate([("DAAM", daam_heat), *per_concept.items()], start=1):
+                axes[r, c].imshow(image)
+                axes[r, c].imshow(normalised_heat(heat, image.shape[:2]).numpy(), cmap="jet", alpha=0.5)
+                axes[r, c].set_title(f"{word!r}: {title}\nmass {float(heat.mean()):.3g}", fontsize=7)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        write_atomic(path, buf.getvalue())

@@ -1,0 +1,195 @@
+"""Shapes world: random scenes of flat coloured shapes on black, exact per-word masks and captions.
+
+Every scene holds 1-3 objects; within a scene each shape word and each colour word occurs at most
+once, so every caption word names exactly one object. Rasterisation samples pixel centres only (no
+antialiasing): an object's pixels carry exactly its palette colour and the masks are exact.
+
+Splits: scene ``i`` of a split is drawn from ``numpy.random.default_rng((SPLIT_SEEDS[split], i))``;
+train (0) and eval (1) seed streams are disjoint. (colour, shape) combinations are not held out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "white": (255, 255, 255),
+}
+COLOURS: tuple[str, ...] = tuple(PALETTE)
+VOCABULARY: tuple[str, ...] = COLOURS + SHAPES
+BACKGROUND: tuple[int, int, int] = (0, 0, 0)
+SPLIT_SEEDS: dict[str, int] = {"train": 0, "eval": 1}
+
+MIN_SIZE, MAX_SIZE = 0.28, 0.5  # object side / image side
+MIN_VISIBLE = 0.6  # fraction of an object's own area that must stay visible
+CROSS_ARM = 1 / 3  # cross arm width / object side
+COLOUR_MAX_DIST = 160.0  # colour_mask: max RGB distance to the palette value
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    shape: str
+    colour: str
+    centre: tuple[float, float]  # (x, y) in [0, 1] image units, y pointing down
+    size: float  # side of the bounding box in image units
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[SceneObject, ...]  # drawing order: later objects occlude earlier ones
+
+
+def shape_mask(obj: SceneObject, size: int) -> np.ndarray:
+    """Full (unoccluded) bool (size, size) mask of one object, sampled at pixel centres."""
+    coords = (np.arange(size) + 0.5) / size
+    dx = coords[None, :] - obj.centre[0]  # (1, W)
+    dy = coords[:, None] - obj.centre[1]  # (H, 1)
+    r = obj.size / 2
+    if obj.shape == "circle":
+        return dx**2 + dy**2 <= r**2
+    if obj.shape == "square":
+        return (np.abs(dx) <= r) & (np.abs(dy) <= r)
+    if obj.shape == "triangle":  # apex up, base down
+        half_width = (dy + r) / 2  # 0 at the apex, r at the base
+        return (dy >= -r) & (dy <= r) & (np.abs(dx) <= half_width)
+    if obj.shape == "cross":
+        arm = r * CROSS_ARM
+        inside = (np.abs(dx) <= r) & (np.abs(dy) <= r)
+        return inside & ((np.abs(dx) <= arm) | (np.abs(dy) <= arm))
+    raise ValueError(f"unknown shape {obj.shape!r}; known: {SHAPES}")
+
+
+def visible_masks(scene: Scene, size: int) -> list[np.ndarray]:
+    """Per-object bool (size, size) masks of visible pixels, in scene order."""
+    full = [shape_mask(obj, size) for obj in scene.objects]
+    visible = []
+    for i, mask in enumerate(full):
+        covered = np.zeros_like(mask)
+        for later in full[i + 1 :]:
+            covered |= later
+        visible.append(mask & ~covered)
+    return visible
+
+
+def render(scene: Scene, size: int = 32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Image uint8 (size, size, 3) and word -> bool (size, size) mask of the visible object pixels.
+
+    The shape word and the colour word of an object share the object's mask.
+    """
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    image[:] = BACKGROUND
+    masks: dict[str, np.ndarray] = {}
+    for obj, mask in zip(scene.objects, visible_masks(scene, size)):
+        image[mask] = PALETTE[obj.colour]
+        masks[obj.shape] = mask
+        masks[obj.colour] = mask
+    return image, masks
+
+
+def sample_scene(rng: np.random.Generator, n_objects: int | None = None, size: int = 32) -> Scene:
+    """Random scene of n_objects (default: uniform in 1..3) with distinct shapes and colours.
+
+    Positions and sizes are resampled until every object keeps >= MIN_VISIBLE of its area
+    (measured at the given render size).
+    """
+    if n_objects is None:
+        n_objects = int(rng.integers(1, 4))
+    if not 1 <= n_objects <= min(len(SHAPES), len(COLOURS)):
+        raise ValueError(f"n_objects must be in 1..{min(len(SHAPES), len(COLOURS))}, got {n_objects}")
+    shapes = rng.choice(len(SHAPES), n_objects, replace=False)
+    colours = rng.choice(len(COLOURS), n_objects, replace=False)
+    while True:
+        objects = []
+        for s, c in zip(shapes, colours):
+            side = float(rng.uniform(MIN_SIZE, MAX_SIZE))
+            centre = (float(rng.uniform(side / 2, 1 - side / 2)), float(rng.uniform(side / 2, 1 - side / 2)))
+            objects.append(SceneObject(SHAPES[s], COLOURS[c], centre, side))
+        scene = Scene(tuple(objects))
+        visible = visible_masks(scene, size)
+        if all(v.sum() >= MIN_VISIBLE * shape_mask(o, size).sum() for o, v in zip(objects, visible)):
+            return scene
+
+
+def split_scene(split: str, index: int, size: int = 32) -> Scene:
+    """Scene ``index`` of the 'train' or 'eval' split (disjoint seed streams)."""
+    return sample_scene(np.random.default_rng((SPLIT_SEEDS[split], index)), size=size)
+
+
+def caption(scene: Scene) -> tuple[str, list[str]]:
+    """('a red circle, a blue square and a green triangle', target words in caption order)."""
+    phrases = [f"a {obj.colour} {obj.shape}" for obj in scene.objects]
+    text = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    words = [w for obj in scene.objects for w in (obj.colour, obj.shape)]
+    return text, words
+
+
+def caption_words(text: str) -> list[str]:
+    """Vocabulary words of a caption, in order."""
+    return [w for w in text.replace(",", " ").split() if w in VOCABULARY]
+
+
+def colour_mask(image: np.ndarray, colour_word: str) -> np.ndarray:
+    """Bool (H, W) mask of pixels whose nearest palette entry (background included) is the colour.
+
+    Pixels farther than COLOUR_MAX_DIST from every palette value are left out.
+    """
+    names = ["background", *COLOURS]
+    palette = np.array([BACKGROUND, *PALETTE.values()], dtype=np.float32)  # (K, 3)
+    dist = np.linalg.norm(image[:, :, None, :].astype(np.float32) - palette, axis=-1)  # (H, W, K)
+    nearest = dist.argmin(-1)  # (H, W)
+    return (nearest == names.index(colour_word)) & (dist.min(-1) <= COLOUR_MAX_DIST)
+
+
+def word_pseudo_mask(image: np.ndarray, words: Sequence[str]) -> dict[str, np.ndarray]:
+    """Word -> bool (H, W) mask from colour segmentation of an image (e.g. a generated one).
+
+    ``words`` are the caption's vocabulary words in order (see caption_words); each shape word gets
+    the mask of the colour word just before it.
+    """
+    masks: dict[str, np.ndarray] = {}
+    colour = None
+    for word in words:
+        if word in PALETTE:
+            colour = word
+            masks[word] = colour_mask(image, word)
+        elif word in SHAPES:
+            if colour is None:
+                raise ValueError(f"shape word {word!r} has no colour before it in {list(words)}")
+            masks[word] = masks[colour]
+    return masks
+
+
+def classify_shape(mask: np.ndarray) -> str | None:
+    """Shape word for a bool (H, W) object mask from bounding-box features; None if empty.
+
+    Only the largest 4-connected component counts (stray pixels of generated images drop out).
+    Triangles are bottom-heavy; of the symmetric shapes, squares fill their box (~1.0), circles
+    ~0.79 and crosses ~0.56.
+    """
+    labels, n = ndimage.label(mask)  # (H, W) int, 0 = outside
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]  # (n,)
+    mask = labels == 1 + sizes.argmax()
+    ys, xs = np.nonzero(mask)
+    box = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    height = box.shape[0]
+    fill = box.mean()
+    top = box[: height // 2].sum()
+    bottom = box[height - height // 2 :].sum()
+    if top < 0.6 * bottom:
+        return "triangle"
+    if fill > 0.9:
+        return "square"
+    if fill > 0.67:
+        return "circle"
+    return "cross"

@@ -1,0 +1,121 @@
+"""The shapes world inside the harness: eval sets, colour pseudo-GT, fidelity, chance baselines, and the
+shipped checkpoint's image-mode heat maps against exact masks."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from bench.evaluate import CentredDisc, Context, OtherWord
+from bench.shapes.evalset import write_eval_set
+from bench.shapes.pseudo_gt import ColourSegmenter, colour_segmenter_agreement, fidelity
+from bench.shapes.world import SHAPES, caption, render, split_scene
+from conftest import REPO
+
+SHIPPED = REPO / "data" / "shapes" / "model"
+
+
+def test_eval_set_rows_carry_exact_masks(tmp_path):
+    path = Path(write_eval_set(str(tmp_path), n_scenes=5, first=3))
+    assert write_eval_set(str(tmp_path), n_scenes=5, first=3) == str(path)  # rendered once
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"eval{i:05d}" for i in range(3, 8)]
+    for row, i in zip(rows, range(3, 8)):
+        image, masks = render(split_scene("eval", i))
+        assert row["prompt"] == caption(split_scene("eval", i))[0]
+        assert np.array_equal(np.asarray(PIL.Image.open(path.parent / row["image"])), image)
+        for word in row["words"]:
+            assert np.array_equal(np.asarray(PIL.Image.open(path.parent / row["masks"][word])) > 127, masks[word])
+
+
+def test_colour_segmenter_recovers_rendered_masks():
+    assert colour_segmenter_agreement(50) >= 0.95
+
+
+def test_fidelity_accepts_renders_and_rejects_wrong_drawings():
+    scenes = [split_scene("eval", i) for i in range(40)]
+    assert all(fidelity(PIL.Image.fromarray(render(s)[0]), caption(s)[0])["faithful"] for s in scenes)
+    blank = PIL.Image.new("RGB", (32, 32))
+    assert not fidelity(blank, "a red circle")["faithful"]
+    square = np.zeros((32, 32, 3), np.uint8)
+    square[8:24, 8:24] = (255, 0, 0)
+    assert not fidelity(PIL.Image.fromarray(square), "a red circle")["faithful"]  # right colour, wrong shape
+
+
+def test_colour_segmenter_pairs_shape_with_its_colour():
+    scene = split_scene("eval", 1)
+    image, masks = render(scene)
+    text, words = caption(scene)
+    out = ColourSegmenter().segment([PIL.Image.fromarray(image)], [words], [{"prompt": text}])[0]
+    for word in words:
+        assert np.array_equal(out[word].mask, masks[word])
+
+
+def test_chance_baselines(tiny):
+    index = tiny.head_index()
+    disc = CentredDisc(radius=0.25).heat_maps(torch.zeros(len(index), 32, 32), "w", None)["r=0.25"][1]
+    assert disc[16, 16] == 1 and disc[0, 0] == 0 and abs(disc.mean() - np.pi / 16) < 0.02
+    maps = {"circle": torch.rand(len(index), 8, 8), "red": torch.rand(len(index), 8, 8),
+            "square": torch.rand(len(index), 8, 8)}
+    left, right = torch.zeros(32, 32, dtype=torch.bool), torch.zeros(32, 32, dtype=torch.bool)
+    left[:, :16], right[:, 16:] = True, True
+    ctx = Context(index, tiny.daam_latent_hw, None, 8, maps, {"circle": left, "red": left, "square": right})
+    other = OtherWord().heat_maps(maps["circle"], "circle", ctx)["daam heads"][1]
+    daam_heads = torch.from_numpy(index.daam_mask(tiny.daam_latent_hw))
+    torch.testing.assert_close(other, maps["square"][daam_heads].mean(0))  # not "red": same object
+    alone = Context(index, tiny.daam_latent_hw, None, 8, maps, {"circle": left, "red": left})
+    assert torch.isnan(OtherWord().heat_maps(maps["circle"], "circle", alone)["daam heads"][1]).all()
+
+
+@pytest.fixture(scope="module")
+def shipped_run(tmp_path_factory):
+    """Image mode with the shipped checkpoint on 32 fixed eval renders (never used in training):
+    per shape word, its per-head maps (H, 32, 32), its exact mask and another object's mask (or None)."""
+    from bench.aggregate import word_head_maps
+    from bench.cache import StageStore
+    from bench.generate import generate_stage, make_samples
+    from bench.models import load_shapes
+    from bench.prompts import load_prompt_set, token_positions
+
+    model = load_shapes(str(SHIPPED))
+    rows = load_prompt_set(write_eval_set(str(tmp_path_factory.mktemp("eval")), n_scenes=32, first=500))
+    samples = make_samples(rows, [0], token_positions(model.tokenizer, rows))
+    store = StageStore(tmp_path_factory.mktemp("stages"), "generate", {"shipped": 1}, [])
+    generate_stage(model, samples, store, steps=10, guidance_scale=1.0, batch_size=32, source="image")
+    index = model.head_index()
+    pairs = []
+    for sample, row in zip(samples, rows):
+        stored = store.load_torch(f"samples/{sample.id}.pt")
+        masks = {w: torch.from_numpy(np.asarray(PIL.Image.open(p)) > 127) for w, p in row.extra["masks"].items()}
+        shapes = [w for w in row.words if w in SHAPES]
+        for word in shapes:
+            head_maps = word_head_maps(stored["maps"], index, stored["words"][word], 32)
+            pairs.append((head_maps, masks[word], next((masks[w] for w in shapes if w != word), None)))
+    return pairs
+
+
+def test_shipped_checkpoint_heat_maps_find_their_objects(shipped_run):
+    """Heads chosen on the first half of the renders must find the objects of the second half.
+
+    Catches a transposed map, a wrong token index or a misordered head: each makes the held-out IoU of
+    the chosen heads fall to the level of a rotated map or of another object's mask."""
+    from bench.score import heat_to_mask, iou
+
+    calibration, held_out = shipped_run[: len(shipped_run) // 2], shipped_run[len(shipped_run) // 2:]
+    per_head = np.nanmean([iou(heat_to_mask(h, (32, 32), 0.4), m).numpy() for h, m, _ in calibration], axis=0)
+    top = torch.from_numpy(np.argsort(-per_head)[:4].copy())
+
+    def miou(transform=lambda heat: heat, other=False):
+        return float(np.mean([iou(heat_to_mask(transform(h[top].mean(0)), (32, 32), 0.4), o if other else m)
+                              for h, m, o in held_out if not other or o is not None]))
+
+    correct = miou()
+    rotated = miou(transform=lambda heat: heat.T.flip(0))
+    wrong_object = miou(other=True)  # the word's map scored against another object's mask
+    print(f"held-out IoU of the 4 calibration-best heads: {correct:.3f}, rotated {rotated:.3f}, "
+          f"other object {wrong_object:.3f}")
+    assert correct > rotated + 0.05, (correct, rotated)
+    assert correct > wrong_object + 0.05, (correct, wrong_object)

@@ -1,0 +1,110 @@
+"""Hydra multirun on tiny_sdxl: one generation per (prompt, seed) for the whole sweep, shards that merge into
+the store and table of a 1-shard run, the multirun-end merge, `make report` and the launcher configs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+from test_run import cfg_for
+
+from bench.run import run
+from bench.sweep import job_dirs, job_overrides, report_dir
+
+BASE = ["dataset.limit=2", "dataset.seeds=[0]", "model.generation.steps=2", "model.generation.batch_size=1",
+        "method=kcurve", "eval.tau=[0.3,0.5]", "relevance.draws=1"]
+BLOCKS = "method.methods.selective.blocks"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """2 shards x 2 head groups = 4 jobs in one `python -m bench -m` (the multirun end merges them)."""
+    root = tmp_path_factory.mktemp("sweep")
+    env = {**os.environ, "BENCH_CACHE_DIR": str(root / "cache"), "BENCH_RUNS_DIR": str(root / "runs")}
+    cmd = [sys.executable, "-m", "bench", "-m", *BASE, "report.figures=false", "shard=0/2,1/2",
+           f"{BLOCKS}=[down],[up]", f"hydra.sweep.dir={root / 'sweep'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def test_sweep_generates_once_per_sample_and_merges(sweep, tiny):
+    jobs = job_dirs(sweep / "sweep")
+    assert len(jobs) == 4
+    stats = [json.loads((j / "stats.json").read_text()) for j in jobs]
+    assert sum(s["generate"]["generated"] for s in stats) == 2  # 2 prompts x 1 seed, over all four jobs
+    assert [s["generate"]["generated"] + s["generate"]["cached"] for s in stats] == [1, 1, 1, 1]
+    assert sum(s["segment"]["segmented"] for s in stats) == 2
+    stores = list((sweep / "cache" / "generate").iterdir())
+    assert len(stores) == 1 and len(list((stores[0] / "samples").glob("*.pt"))) == 2
+
+    merged = pd.read_csv(sweep / "sweep" / "scores.csv")
+    assert len(merged) == sum(len(pd.read_csv(j / "scores.csv")) for j in jobs)
+    assert {"shard", BLOCKS, "tau"} <= set(merged.columns) and set(merged.tau) == {0.3, 0.5}
+    assert [job_overrides(j)[BLOCKS] for j in jobs] == ["[down]", "[up]", "[down]", "[up]"]
+    summary = pd.read_csv(sweep / "sweep" / "summary.csv")
+    assert "shard" not in summary.columns  # shards are pooled, head groups compared
+    daam = summary[summary.method == "daam"]
+    assert sorted(daam[BLOCKS]) == ["[down]", "[down]", "[up]", "[up]"] and set(daam.n_prompts) == {2}
+    kcurve = summary[summary.method == "kcurve"]
+    groups = {f"[{b}]": int(tiny.head_index().mask([b]).sum()) for b in ("down", "up")}
+    assert kcurve.groupby(BLOCKS).n_heads.max().to_dict() == groups  # the curve follows the head group
+    for name in ("kcurve", "groups", "tau", "overlays"):
+        assert (sweep / "sweep" / f"fig_{name}.png").stat().st_size > 5000
+    md = (sweep / "sweep" / "summary.md").read_text()
+    assert "4 jobs" in md and "pooled" in md and "shard in ['0/2', '1/2']" in md
+
+
+def test_shards_equal_a_one_shard_run_and_report_reruns(sweep, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the run also goes through the W&B logger (offline)
+    cfg = cfg_for([*BASE, f"{BLOCKS}=[down]", "logger=wandb", "report.figures=false"])
+    run(cfg, tmp_path / "run")
+    sharded = next((sweep / "cache" / "generate").iterdir())
+    single = next((tmp_path / "stages" / "generate").iterdir())
+    assert sharded.name == single.name  # the same stage key: shards only choose which samples exist
+    names = sorted(p.name for p in (single / "samples").glob("*.pt"))
+    assert names == sorted(p.name for p in (sharded / "samples").glob("*.pt")) and len(names) == 2
+    for name in names:
+        a, b = torch.load(single / "samples" / name), torch.load(sharded / "samples" / name)
+        assert a["maps"].keys() == b["maps"].keys()
+        assert all(torch.equal(a["maps"][r], b["maps"][r]) for r in a["maps"]) and a["words"] == b["words"]
+        png = name.replace(".pt", ".png")
+        assert (single / "images" / png).read_bytes() == (sharded / "images" / png).read_bytes()
+    key = ["sample_id", "word", "method", "variant", "tau"]
+    one = pd.read_csv(tmp_path / "run" / "scores.csv").sort_values(key).reset_index(drop=True)
+    merged = pd.read_csv(sweep / "sweep" / "scores.csv")
+    down = merged[merged[BLOCKS] == "[down]"].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(down[one.columns], one, check_dtype=False)
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/files/media/table/scores_*.table.json"))
+
+    before = pd.read_csv(sweep / "sweep" / "summary.csv")
+    report_dir(sweep / "sweep", figures=False)  # `make report DIR=...` on the finished sweep
+    pd.testing.assert_frame_equal(pd.read_csv(sweep / "sweep" / "summary.csv"), before)
+
+
+@pytest.mark.parametrize("launcher, target", [
+    ("joblib_cpu", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("submitit_slurm_gpu", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")])
+def test_launcher_configs_compose(launcher, target, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = cfg_for([f"hydra/launcher={launcher}"])
+    assert cfg.hydra.launcher._target_ == target and get_class(target).__name__ == target.rsplit(".", 1)[1]
+
+
+@pytest.mark.parametrize("experiment", ["smoke_sweep", "paper_sdxl_sweep"])
+def test_sweep_experiments_name_existing_keys(experiment, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = cfg_for([f"experiment={experiment}"])
+    params = cfg.hydra.sweeper.params
+    assert params
+    missing = object()
+    for key in params:  # a typo in a swept key would fail only when the sweep starts
+        assert OmegaConf.select(cfg, key, default=missing) is not missing, key
+    assert "kcurve" in cfg.method.methods and "random_k" in cfg.method.methods
