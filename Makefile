@@ -9,7 +9,7 @@ DIR ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow smoke bench report bench-kcurve lint clean-cache perf gpu-wheels gpu-check
+.PHONY: help setup test test-slow smoke bench train-shapes report bench-kcurve lint clean-cache perf gpu-wheels gpu-check
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ smoke:  ## tiny_sdxl, 6 prompts x 2 seeds, CPU, offline: checks the whole pipeli
 bench:  ## full sweep of each experiment in EXP (default: the shapes world, both modes; offline, CPU) -> results/runs/multirun_*/
 	@echo "make bench: experiments [$(EXP)] (the offline shapes world by default); the SDXL paper setting: make bench EXP=paper_sdxl_sweep on a GPU"
 	@for exp in $(EXP); do $(PY) -m bench -m experiment=$$exp $(ARGS) || exit 1; done
+
+SHAPES_STEPS ?= 8000
+train-shapes:  ## retrain the shapes-world model: SHAPES_STEPS steps, step-based schedule, resumable (rerun continues) -> data/shapes/model
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m bench.shapes.train --out data/shapes/model --work .cache/shapes_train --steps $(SHAPES_STEPS) --minutes 1000000
 
 report:  ## merge a finished sweep DIR=results/runs/multirun_... (or re-report one run) into one table, summary, figures
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep or run directory>"; exit 2; }

@@ -6,8 +6,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
-# the tiny models' ops are small: one thread is as fast and does not stall when the other core is busy
-torch.set_num_threads(int(os.environ.get("BENCH_TEST_THREADS", "1")))
+# the tiny models' ops are small: one thread is as fast and does not stall when the other core is busy;
+# subprocesses (CLI and multirun tests) inherit the setting, so their numerics match in-process runs
+THREADS = os.environ.get("BENCH_TEST_THREADS", "1")
+os.environ["OMP_NUM_THREADS"] = THREADS
+torch.set_num_threads(int(THREADS))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPO.parent / "shared" / "reference"

@@ -8,12 +8,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import REPO
 
 from bench.evaluate import CentredDisc, Context, OtherWord
 from bench.shapes.evalset import write_eval_set
 from bench.shapes.pseudo_gt import ColourSegmenter, colour_segmenter_agreement, fidelity
 from bench.shapes.world import SHAPES, caption, render, split_scene
-from conftest import REPO
 
 SHIPPED = REPO / "data" / "shapes" / "model"
 

@@ -14,8 +14,18 @@ import pandas as pd
 import PIL.Image
 
 from bench.segment import Segmenter, WordMask
-from bench.shapes.world import (MAX_SIZE, MIN_SIZE, MIN_VISIBLE, PALETTE, caption, caption_words, classify_shape,
-                                colour_mask, render, split_scene)
+from bench.shapes.world import (
+    MAX_SIZE,
+    MIN_SIZE,
+    MIN_VISIBLE,
+    PALETTE,
+    caption,
+    caption_words,
+    classify_shape,
+    colour_mask,
+    render,
+    split_scene,
+)
 
 # plausible visible area of one object, as a fraction of the image (squares of the sampled sides,
 # circles/crosses/triangles smaller; occlusion keeps >= MIN_VISIBLE)
