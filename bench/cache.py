@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from bench import CODE_VERSION
+from bench.heads import HeadIndex
 
 
 def stage_key(stage: str, config: Any, inputs: list[str]) -> str:
@@ -63,3 +64,11 @@ class StageStore:
 
     def load_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())
+
+    def bind_head_index(self, head_index: HeadIndex) -> None:
+        """Store the HeadIndex the stage's maps are ordered by, or check it against the stored one."""
+        if self.has("head_index.json"):
+            if HeadIndex.from_json(self.file("head_index.json").read_text()) != head_index:
+                raise RuntimeError(f"{self.path}: stored HeadIndex differs from the model's; clear this cache folder")
+        else:
+            write_atomic(self.file("head_index.json"), head_index.to_json().encode())

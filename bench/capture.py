@@ -20,7 +20,51 @@ from diffusers.models.attention_processor import Attention
 from bench.heads import HeadIndex
 
 
-class HeadMapCapture(AbstractContextManager):
+class Attn2Hooks(AbstractContextManager):
+    """Wraps the processor of every attn2 layer of `head_index` (the capture and HRV voting build on it).
+
+    The original processor still computes the layer's output. Forward hooks on the layer's own `to_q` /
+    `to_k` leave their outputs of the current call in `self._qk[key]` ("q", "k"); after the original
+    processor returns, `_record(key, attn)` runs. Leaving the context restores processors and hooks.
+    """
+
+    def __init__(self, unet: torch.nn.Module, head_index: HeadIndex):
+        self.unet = unet
+        self.head_index = head_index
+        self._qk: dict[str, dict[str, torch.Tensor]] = {}
+        self._originals: dict[str, object] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self):
+        modules = dict(self.unet.named_modules())
+        processors = self.unet.attn_processors
+        for layer in self.head_index.layers:
+            name = layer.processor.removesuffix(".processor")
+            attn: Attention = modules[name]
+            if attn.norm_q is not None or attn.norm_k is not None:
+                raise NotImplementedError(f"{name}: q/k normalisation is not supported")
+            self._qk[layer.processor] = slot = {}
+            self._handles.append(attn.to_q.register_forward_hook(_store_output(slot, "q")))
+            self._handles.append(attn.to_k.register_forward_hook(_store_output(slot, "k")))
+            self._originals[layer.processor] = processors[layer.processor]
+            attn.set_processor(_WrappedProcessor(self, layer.processor, processors[layer.processor]))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        modules = dict(self.unet.named_modules())
+        for key, original in self._originals.items():
+            modules[key.removesuffix(".processor")].set_processor(original)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._originals.clear()
+
+    def _record(self, key: str, attn: Attention) -> None:
+        """Called after each wrapped attn2 call, with that call's q/k in self._qk[key]."""
+        raise NotImplementedError
+
+
+class HeadMapCapture(Attn2Hooks):
     """Context manager that accumulates target-token maps of every attn2 head over steps.
 
     token_indices[b] lists the prompt token positions (0 = start token) to keep for sample b.
@@ -32,8 +76,7 @@ class HeadMapCapture(AbstractContextManager):
                  n_steps: int | None = None, step_buckets: int = 1):
         if step_buckets > 1 and not n_steps:
             raise ValueError("step buckets need n_steps (the number of UNet passes per sample)")
-        self.unet = unet
-        self.head_index = head_index
+        super().__init__(unet, head_index)
         self.batch_size = len(token_indices)
         self.n_steps = n_steps
         self.step_buckets = step_buckets
@@ -46,35 +89,11 @@ class HeadMapCapture(AbstractContextManager):
             self.token_valid[b, : len(toks)] = True
         self.step = 0
         self._acc: dict[str, torch.Tensor] = {}  # processor key -> (S, B, heads, T_max, h*w) fp32
-        self._qk: dict[str, dict[str, torch.Tensor]] = {}
-        self._originals: dict[str, object] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    # --- install / restore ---------------------------------------------------------------------------------
     def __enter__(self) -> "HeadMapCapture":
-        modules = dict(self.unet.named_modules())
-        processors = self.unet.attn_processors
-        for layer in self.head_index.layers:
-            name = layer.processor.removesuffix(".processor")
-            attn: Attention = modules[name]
-            if attn.norm_q is not None or attn.norm_k is not None:
-                raise NotImplementedError(f"{name}: q/k normalisation is not supported by the capture")
-            self._qk[layer.processor] = slot = {}
-            self._handles.append(attn.to_q.register_forward_hook(_store_output(slot, "q")))
-            self._handles.append(attn.to_k.register_forward_hook(_store_output(slot, "k")))
-            self._originals[layer.processor] = processors[layer.processor]
-            attn.set_processor(_CaptureProcessor(self, layer.processor, processors[layer.processor]))
+        super().__enter__()
         self._handles.append(self.unet.register_forward_hook(self._count_step))
         return self
-
-    def __exit__(self, *exc) -> None:
-        modules = dict(self.unet.named_modules())
-        for key, original in self._originals.items():
-            modules[key.removesuffix(".processor")].set_processor(original)
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._originals.clear()
 
     def _count_step(self, *_args) -> None:
         self.step += 1
@@ -130,11 +149,11 @@ def _store_output(slot: dict, name: str):
     return hook
 
 
-class _CaptureProcessor:
-    """Runs the original processor, then records the maps from the q/k its projections produced."""
+class _WrappedProcessor:
+    """Runs the original processor, then lets the owner record from the q/k its projections produced."""
 
-    def __init__(self, capture: HeadMapCapture, key: str, inner: object):
-        self.capture = capture
+    def __init__(self, owner: Attn2Hooks, key: str, inner: object):
+        self.owner = owner
         self.key = key
         self.inner = inner
 
@@ -142,5 +161,5 @@ class _CaptureProcessor:
                  attention_mask=None, **kwargs) -> torch.Tensor:
         out = self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
                          attention_mask=attention_mask, **kwargs)
-        self.capture._record(self.key, attn)
+        self.owner._record(self.key, attn)
         return out

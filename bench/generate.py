@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from bench.cache import StageStore, write_atomic
 from bench.capture import HeadMapCapture
-from bench.heads import HeadIndex
 from bench.models import T2IModel
 from bench.prompts import PromptRow
 
@@ -88,11 +87,7 @@ def generate_stage(model: T2IModel, samples: list[Sample], store: StageStore, st
     """Generate (or take the given images) and capture every sample not yet in `store`; returns statistics."""
     check_source(samples, source)
     head_index = model.head_index()
-    if store.has("head_index.json"):
-        if HeadIndex.from_json(store.file("head_index.json").read_text()) != head_index:
-            raise RuntimeError(f"{store.path}: stored HeadIndex differs from the model's; clear this cache folder")
-    else:
-        write_atomic(store.file("head_index.json"), head_index.to_json().encode())
+    store.bind_head_index(head_index)
     todo = [s for s in samples if not store.has(f"samples/{s.id}.pt")]
     dtype = STORE_DTYPES[store_dtype]
     seconds, stored_bytes = 0.0, []

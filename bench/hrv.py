@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
 from bench.cache import StageStore, write_atomic
+from bench.capture import Attn2Hooks
 from bench.heads import HeadIndex
 from bench.models import T2IModel
 from bench.prompts import MAX_TEXT_TOKENS, PromptRow, load_prompt_set, prompt_set_hash
@@ -78,7 +78,7 @@ def embed_words(model: T2IModel, words: list[str], chunk: int = 64) -> tuple[tor
 # --- voting ------------------------------------------------------------------------------------------------
 
 
-class HeadVoter(AbstractContextManager):
+class HeadVoter(Attn2Hooks):
     """Context manager: at every attn2 call, each conditional row's heads vote for one concept.
 
     concept_tokens / concept_valid: (N_w, T, D) / (N_w, T) embeddings of every concept word;
@@ -90,7 +90,8 @@ class HeadVoter(AbstractContextManager):
     def __init__(self, unet: torch.nn.Module, head_index: HeadIndex, concept_tokens: torch.Tensor,
                  concept_valid: torch.Tensor, word_concept: torch.Tensor, generators: list[torch.Generator],
                  target_tokens: torch.Tensor | None = None, target_valid: torch.Tensor | None = None):
-        self.unet, self.head_index, self.generators = unet, head_index, generators
+        super().__init__(unet, head_index)
+        self.generators = generators
         self.batch_size = len(generators)
         self.concept_tokens, self.concept_valid = concept_tokens, concept_valid
         self.n_concepts = int(word_concept.max()) + 1
@@ -107,35 +108,6 @@ class HeadVoter(AbstractContextManager):
         self.word_votes = torch.zeros(len(head_index), n_targets, dtype=torch.int64)
         self.calls = torch.zeros(len(head_index), dtype=torch.int64)
         self._keys: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._q: dict[str, torch.Tensor] = {}
-        self._originals: dict[str, object] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def __enter__(self) -> "HeadVoter":
-        modules = dict(self.unet.named_modules())
-        processors = self.unet.attn_processors
-        for layer in self.head_index.layers:
-            attn: Attention = modules[layer.processor.removesuffix(".processor")]
-            if attn.norm_q is not None or attn.norm_k is not None:
-                raise NotImplementedError(f"{layer.processor}: q/k normalisation is not supported by HRV voting")
-            self._handles.append(attn.to_q.register_forward_hook(self._store_q(layer.processor)))
-            self._originals[layer.processor] = processors[layer.processor]
-            attn.set_processor(_VotingProcessor(self, layer.processor, processors[layer.processor]))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        modules = dict(self.unet.named_modules())
-        for key, original in self._originals.items():
-            modules[key.removesuffix(".processor")].set_processor(original)
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._originals.clear()
-
-    def _store_q(self, key: str):
-        def hook(_module, _inputs, output):
-            self._q[key] = output
-        return hook
 
     def _layer_keys(self, key: str, attn: Attention) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This layer's to_k of every concept word (N_w, T, heads*d) and target word, fp32, computed once."""
@@ -152,8 +124,10 @@ class HeadVoter(AbstractContextManager):
         pick = (u * self.n_words).long().clamp_(max=self.n_words - 1)
         return self.word_ids.gather(1, pick.T).T.contiguous().to(device)  # (B, C)
 
-    def _vote(self, key: str, attn: Attention) -> None:
-        q = self._q.pop(key)  # (N, hw, heads*d)
+    def _record(self, key: str, attn: Attention) -> None:
+        """One vote per head and conditional row: the concept its queries attend to most."""
+        q = self._qk[key].pop("q")  # (N, hw, heads*d); the prompt's keys are not needed
+        self._qk[key].pop("k")
         n_rows, hw, _ = q.shape
         if n_rows not in (self.batch_size, 2 * self.batch_size):
             raise RuntimeError(f"{key}: UNet batch {n_rows} is neither B={self.batch_size} nor 2B (CFG)")
@@ -202,20 +176,6 @@ def target_word_wins(q: torch.Tensor, logits: torch.Tensor, target_keys: torch.T
     return s_word > s_concept.amax(-1)
 
 
-class _VotingProcessor:
-    """Runs the original processor (the layer's output), then votes from the queries its to_q produced."""
-
-    def __init__(self, voter: HeadVoter, key: str, inner: object):
-        self.voter, self.key, self.inner = voter, key, inner
-
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
-                 attention_mask=None, **kwargs) -> torch.Tensor:
-        out = self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                         attention_mask=attention_mask, **kwargs)
-        self.voter._vote(self.key, attn)
-        return out
-
-
 def relevance_vectors(votes: np.ndarray, calls: np.ndarray | None = None) -> np.ndarray:
     """(H, C) vote counts -> (C, H) vectors: per head share of its votes (of `calls` when given), then per
     column L1 over heads x H. A column with no votes gets the uniform vector (ones)."""
@@ -243,11 +203,7 @@ def hrv_stage(model: T2IModel, probe: list[PromptRow], concepts: dict[str, list[
     """Vote over the probe prompts in batches (one partial file per batch: a killed run resumes), then
     write `hrv.pt` (votes, vectors, HRV head names), `vectors.npy` / `head_names.npy` (HRV's format)."""
     head_index = model.head_index()
-    if store.has("head_index.json"):
-        if HeadIndex.from_json(store.file("head_index.json").read_text()) != head_index:
-            raise RuntimeError(f"{store.path}: stored HeadIndex differs from the model's; clear this cache folder")
-    else:
-        write_atomic(store.file("head_index.json"), head_index.to_json().encode())
+    store.bind_head_index(head_index)
     words = list(words or [])
     names = list(concepts)
     starts = list(range(0, len(probe), batch_size))

@@ -8,8 +8,10 @@ depend on its batch neighbours).
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -56,6 +58,7 @@ class T2IModel:
     device: torch.device
     dtype: torch.dtype
     extra: dict = field(default_factory=dict)
+    fingerprint: str = ""  # hash of local weights that can change under the same path (part of cache keys)
 
     @property
     def unet(self) -> UNet2DConditionModel:
@@ -138,8 +141,10 @@ def load_shapes(path: str, heatmap_size: int = 32, device: str = "cpu") -> T2IMo
     dev = resolve_device(device)
     pipe = load_shapes_pipeline(path, device=str(dev))
     pipe.set_progress_bar_config(disable=True)
+    weights = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(path).rglob("*.safetensors"))))
     return T2IModel("shapes", pipe, IMAGE_SIZE, IMAGE_SIZE, (IMAGE_SIZE, IMAGE_SIZE), heatmap_size,
-                    IMAGE_SIZE * IMAGE_SIZE, dev, torch.float32, {"fixed_size": True})
+                    IMAGE_SIZE * IMAGE_SIZE, dev, torch.float32, {"fixed_size": True},
+                    fingerprint=weights.hexdigest()[:16])
 
 
 def _daam_latent_hw(pipe: DiffusionPipeline) -> int:

@@ -69,14 +69,15 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
 
     gen = cfg.model.generation
     gen_config = {"model": OmegaConf.to_container(cfg.model.loader), "generation": OmegaConf.to_container(gen),
-                  "capture": OmegaConf.to_container(cfg.capture)}
+                  "capture": OmegaConf.to_container(cfg.capture), "weights": model.fingerprint}
     gen_store = StageStore(cfg.paths.cache, "generate", gen_config, [prompt_set_hash(rows)])
     gen_store.save_json("model.json", {"name": model.name, "height": model.height, "width": model.width,
                                        "heatmap_size": model.heatmap_size, "daam_latent_hw": model.daam_latent_hw})
     gen_stats = generate_stage(model, samples, gen_store, gen.steps, gen.guidance_scale, gen.batch_size,
                                cfg.capture.store_dtype, cfg.capture.step_buckets, cfg.capture.source,
                                cfg.capture.eot)
-    relevance_stats = {s.name: s.prepare(model, cfg.paths.cache, gen_config["model"], words) for s in sources}
+    model_key = {**gen_config["model"], "weights": model.fingerprint}
+    relevance_stats = {s.name: s.prepare(model, cfg.paths.cache, model_key, words) for s in sources}
 
     seg_config = OmegaConf.to_container(cfg.segmenter)
     mask_store = StageStore(cfg.paths.cache, "segment", seg_config, [gen_store.key])
