@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.relevance import Relevance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 # the tiny models' ops are small: one thread is as fast and does not stall when the other core is busy;
@@ -28,3 +30,18 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own tokenizer/stage cache unless it asks otherwise."""
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "stages"))
     monkeypatch.setenv("BENCH_RUNS_DIR", str(tmp_path / "runs"))
+
+
+class FixedRelevance(Relevance):
+    """A relevance source returning one given vector for every word (tests of ranking and aggregation)."""
+
+    name = "fixed"
+
+    def __init__(self, vector):
+        self.v = vector
+
+    def vector(self, word, head_index):
+        return self.v
+
+    def describe(self):
+        return "fixed"

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import FixedRelevance
 
 from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, top_k_curve
 from bench.evaluate import Context, Daam, Selective
-from bench.relevance import Relevance
 from bench.score import heat_to_mask, iou
 
 
@@ -55,22 +55,13 @@ def test_top_k_curve_equals_explicit_means():
     assert bottom[0] == relevance.argmin()
 
 
-class Fixed(Relevance):
-    def __init__(self, v):
-        self.v = v
-
-    def vector(self, word, head_index):
-        return self.v
-
-    def describe(self):
-        return "fixed"
 
 
 def test_selective_with_daam_heads_equals_daam_exactly(tiny):
     index = tiny.head_index()
     daam_heads = index.daam_mask(tiny.daam_latent_hw)
     maps = torch.rand(len(index), 64, 64)
-    ctx = Context(index, tiny.daam_latent_hw, Fixed(daam_heads.astype(float)))
+    ctx = Context(index, tiny.daam_latent_hw, FixedRelevance(daam_heads.astype(float)))
     (n, daam_map), = Daam().heat_maps(maps, "w", ctx).values()
     (k, sel_map), = Selective(k=int(daam_heads.sum())).heat_maps(maps, "w", ctx).values()
     assert n == k == daam_heads.sum()
@@ -82,7 +73,7 @@ def test_selective_restricts_to_blocks(tiny):
     maps = torch.zeros(len(index), 4, 4)
     mid = index.mask(["mid"])
     maps[torch.from_numpy(mid)] = 1.0
-    ctx = Context(index, tiny.daam_latent_hw, Fixed(np.random.default_rng(0).random(len(index))))
+    ctx = Context(index, tiny.daam_latent_hw, FixedRelevance(np.random.default_rng(0).random(len(index))))
     out = Selective(k=["all", 3], blocks=["mid"]).heat_maps(maps, "w", ctx)
     assert out["k=all"][0] == mid.sum() and torch.all(out["k=all"][1] == 1) and torch.all(out["k=3"][1] == 1)
     with pytest.raises(ValueError, match="no heads selected"):

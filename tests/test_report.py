@@ -6,12 +6,12 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn.functional as F
+from conftest import FixedRelevance
 
 from bench.aggregate import resize_bicubic, top_k_curve, word_head_maps
 from bench.evaluate import Context, Daam, KCurve, Selective, long_table
 from bench.figures import groups_figure, kcurve_figure, write_figures
 from bench.heads import HeadIndex, Layer
-from bench.relevance import Relevance
 from bench.report import compact, curve_methods, summarise, write_summary
 
 
@@ -102,15 +102,6 @@ def test_summary_pairs_within_sweep_config_and_counts_draws():
 # --- k-curve scoring -------------------------------------------------------------------------------------
 
 
-class Fixed(Relevance):
-    def __init__(self, v):
-        self.v = v
-
-    def vector(self, word, head_index):
-        return self.v
-
-    def describe(self):
-        return "fixed"
 
 
 def two_resolution_index() -> HeadIndex:
@@ -134,7 +125,7 @@ def test_resize_bicubic_and_head_maps_match_torch_interpolate():
 def test_kcurve_equals_selective_for_every_k_and_compares_on_the_grid():
     index = two_resolution_index()
     rng = np.random.default_rng(0)
-    ctx = Context(index, 256, Fixed(rng.random(len(index))), 16)
+    ctx = Context(index, 256, FixedRelevance(rng.random(len(index))), 16)
     maps = torch.rand(len(index), 16, 16, generator=torch.Generator().manual_seed(0)) ** 3
     ref = torch.from_numpy(rng.random((32, 32)) > 0.6)
     taus = [0.3, 0.5]
@@ -217,7 +208,7 @@ def test_summary_files_compact_and_figures(tmp_path):
 
 def test_daam_and_selective_share_the_method_protocol():
     index = two_resolution_index()
-    ctx = Context(index, 256, Fixed(np.arange(len(index), dtype=float)), 16)
+    ctx = Context(index, 256, FixedRelevance(np.arange(len(index), dtype=float)), 16)
     maps = torch.rand(len(index), 16, 16)
     ref = torch.from_numpy(np.random.default_rng(3).random((16, 16)) > 0.5)
     variants, n, ious = Daam().ious(maps, "w", ctx, ref, [0.4])
