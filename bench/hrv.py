@@ -33,6 +33,7 @@ from tqdm import tqdm
 from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
 from bench.cache import StageStore, write_atomic
 from bench.capture import Attn2Hooks
+from bench.generate import EOT
 from bench.heads import HeadIndex
 from bench.models import T2IModel
 from bench.prompts import MAX_TEXT_TOKENS, PromptRow, load_prompt_set, prompt_set_hash
@@ -343,7 +344,7 @@ class PolysemyDiagnosis:
         for sample in samples:
             stored = gen_store.load_torch(f"samples/{sample.id}.pt")
             masks = load_word_masks(mask_store, sample.id)
-            for word, slots in stored["words"].items():
+            for word, slots in ((w, s) for w, s in stored["words"].items() if w != EOT):
                 maps = word_head_maps(stored["maps"], head_index, slots, geometry["heatmap_size"])  # (H, s, s)
                 ref = masks[word].mask
                 per_concept = {}

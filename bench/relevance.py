@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
 from bench.cache import StageStore
+from bench.generate import EOT
 from bench.heads import HeadIndex
 from bench.score import heat_to_mask, iou, normalised_heat
 from bench.segment import load_word_masks
@@ -272,7 +273,7 @@ def head_ious(samples: list, gen_store: StageStore, mask_store: StageStore, taus
         stored = gen_store.load_torch(f"samples/{sample.id}.pt")
         masks = load_word_masks(mask_store, sample.id)
         for word, slots in stored["words"].items():
-            if masks[word].mask is None:
+            if word == EOT or masks[word].mask is None:
                 continue  # excluded pair: no reference to calibrate on
             ref = torch.from_numpy(masks[word].mask)
             maps = word_head_maps(stored["maps"], head_index, slots, geometry["heatmap_size"])  # (H, s, s)
