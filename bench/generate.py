@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from bench.cache import StageStore, write_atomic
 from bench.capture import HeadMapCapture
+from bench.heads import HeadIndex
 from bench.models import T2IModel
 from bench.prompts import PromptRow
 
@@ -81,6 +82,30 @@ def run_batch(model: T2IModel, batch: list[Sample], source: str, steps: int,
     return images
 
 
+@dataclass
+class CapturedBatch:
+    images: list[PIL.Image.Image]
+    slots: list[tuple[list[int], dict[str, list[int]]]]  # per sample: token positions, word -> slots
+    maps: list[dict[tuple[int, int], torch.Tensor]]  # per sample, per resolution: (S, H_r, T, h, w) stored dtype
+    extra_bytes: int  # what the capture held while running
+
+
+def capture_batch(model: T2IModel, head_index: HeadIndex, batch: list[Sample], source: str, steps: int,
+                  guidance_scale: float, store_dtype: str = "float16", step_buckets: int = 1,
+                  capture_eot: bool = False) -> CapturedBatch:
+    """One batch through the model inside a HeadMapCapture; each sample's maps as they are stored."""
+    slots = [sample_slots(s, len(model.tokenizer(s.row.prompt, truncation=True).input_ids) - 1
+                          if capture_eot else None) for s in batch]
+    with torch.inference_mode(), HeadMapCapture(model.unet, head_index, [t for t, _ in slots],
+                                                n_steps=steps, step_buckets=step_buckets) as capture:
+        images = run_batch(model, batch, source, steps, guidance_scale)
+    with torch.profiler.record_function("capture.maps_to_storage"):
+        maps = capture.maps()  # res -> (B, S, H_r, T_max, h, w) fp32
+        stored = [{res: m[b, :, :, : len(tokens)].to("cpu", STORE_DTYPES[store_dtype]).contiguous()
+                   for res, m in maps.items()} for b, (tokens, _) in enumerate(slots)]
+    return CapturedBatch(images, slots, stored, capture.extra_bytes())
+
+
 def generate_stage(model: T2IModel, samples: list[Sample], store: StageStore, steps: int, guidance_scale: float,
                    batch_size: int, store_dtype: str = "float16", step_buckets: int = 1,
                    source: str = "generated", capture_eot: bool = False) -> dict:
@@ -89,21 +114,14 @@ def generate_stage(model: T2IModel, samples: list[Sample], store: StageStore, st
     head_index = model.head_index()
     store.bind_head_index(head_index)
     todo = [s for s in samples if not store.has(f"samples/{s.id}.pt")]
-    dtype = STORE_DTYPES[store_dtype]
     seconds, stored_bytes = 0.0, []
     for start in tqdm(range(0, len(todo), batch_size), desc="generate+capture", unit="batch", disable=not todo):
         batch = todo[start: start + batch_size]
-        slots = [sample_slots(s, len(model.tokenizer(s.row.prompt, truncation=True).input_ids) - 1
-                              if capture_eot else None) for s in batch]
         t0 = time.perf_counter()
-        with torch.inference_mode(), HeadMapCapture(model.unet, head_index, [t for t, _ in slots],
-                                                    n_steps=steps, step_buckets=step_buckets) as capture:
-            images = run_batch(model, batch, source, steps, guidance_scale)
-        maps = capture.maps()  # res -> (B, S, H_r, T_max, h, w) fp32
+        done = capture_batch(model, head_index, batch, source, steps, guidance_scale, store_dtype, step_buckets,
+                             capture_eot)
         seconds += time.perf_counter() - t0
-        for b, (sample, image) in enumerate(zip(batch, images)):
-            tokens, word_slots = slots[b]
-            per_res = {res: m[b, :, :, : len(tokens)].to("cpu", dtype).contiguous() for res, m in maps.items()}
+        for sample, image, (tokens, word_slots), per_res in zip(batch, done.images, done.slots, done.maps):
             stored_bytes.append(sum(t.numel() * t.element_size() for t in per_res.values()))
             _save_png(store, f"images/{sample.id}.png", image)
             store.save_torch(f"samples/{sample.id}.pt", {

@@ -44,14 +44,13 @@ import numpy as np
 import PIL.Image
 
 from bench import ModelUnavailableError
+from bench.devices import resolve_device, resolve_dtype
 from bench.segment import Segmenter, WordMask
 
 NO_DETECTION = "no detection"
 EMPTY_MASK = "empty mask"
 EMPTY_WORD = "empty word"
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -246,8 +245,7 @@ class GroundedSam(Segmenter):
         if batch_size < 1 or sam_box_chunk < 1:
             raise ValueError("batch_size and sam_box_chunk must be >= 1")
         for value in (dtype, detector_dtype):
-            if value != "auto" and value not in _DTYPES:
-                raise ValueError(f"unknown dtype {value!r}: use auto, float32, float16 or bfloat16")
+            resolve_dtype(value, resolve_device("cpu"))  # one-line ValueError for an unknown name
         self.detector = str(detector)
         self.sam = str(sam)
         self.box_threshold = float(box_threshold)
@@ -278,18 +276,10 @@ class GroundedSam(Segmenter):
 
     @property
     def torch_device(self):
-        import torch
-
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def _torch_dtype(self, value: str):
-        import torch
-
-        if value == "auto":
-            return torch.float16 if self.torch_device.type == "cuda" else torch.float32
-        return getattr(torch, _DTYPES[value])
+        return resolve_dtype(value, self.torch_device)
 
     @property
     def sam_dtype(self):

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from bench import USER_ERRORS
 from bench.capture import HeadMapCapture
-from bench.generate import STORE_DTYPES, Sample, make_samples, sample_slots
+from bench.generate import Sample, capture_batch, make_samples
 from bench.heads import HeadIndex
 from bench.models import T2IModel
 from bench.prompts import load_prompt_set, token_positions
@@ -125,23 +125,10 @@ def run_plain(model: T2IModel, batch: list[Sample], steps: int, guidance: float)
     return {}
 
 
-def capture_batch(model: T2IModel, head_index: HeadIndex, batch: list[Sample], steps: int, guidance: float,
-                  store_dtype: str, step_buckets: int) -> tuple[int, list[dict]]:
-    """generate_stage's capture path for one batch, minus its file writes: (capture state bytes, per-sample maps)."""
-    slots = [sample_slots(s) for s in batch]
-    with torch.inference_mode(), HeadMapCapture(model.unet, head_index, [t for t, _ in slots], n_steps=steps,
-                                                step_buckets=step_buckets) as capture:
-        model.generate([s.row.prompt for s in batch], [s.seed for s in batch], steps, guidance)
-    with torch.profiler.record_function("capture.maps_to_storage"):
-        maps = capture.maps()  # res -> (B, S, H_r, T_max, h, w) fp32
-        stored = [{res: m[b, :, :, : len(tokens)].to("cpu", STORE_DTYPES[store_dtype]).contiguous()
-                   for res, m in maps.items()} for b, (tokens, _) in enumerate(slots)]
-    return capture.extra_bytes(), stored
-
-
 def run_capture(model: T2IModel, head_index: HeadIndex, batch: list[Sample], steps: int, guidance: float,
                 store_dtype: str, step_buckets: int) -> dict:
-    extra, stored = capture_batch(model, head_index, batch, steps, guidance, store_dtype, step_buckets)
+    done = capture_batch(model, head_index, batch, "generated", steps, guidance, store_dtype, step_buckets)
+    extra, stored = done.extra_bytes, done.maps
     per_sample = [sum(t.numel() * t.element_size() for t in maps.values()) for maps in stored]
     return {"extra_bytes": extra, "bytes_per_sample": int(statistics.mean(per_sample))}
 
@@ -246,7 +233,7 @@ def profile(model: T2IModel, samples: list[Sample], batch_size: int, steps: int,
             if mode == "plain":
                 run_plain(model, batch, steps, guidance)
             else:
-                capture_batch(model, head_index, batch, steps, guidance, store_dtype, step_buckets)
+                capture_batch(model, head_index, batch, "generated", steps, guidance, store_dtype, step_buckets)
             if cuda:
                 torch.cuda.synchronize(model.device)
             wall = time.perf_counter() - start
