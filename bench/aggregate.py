@@ -9,6 +9,7 @@ once is a cumulative sum over heads sorted by relevance.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -22,16 +23,29 @@ def word_head_maps(maps: dict[tuple[int, int], torch.Tensor], head_index: HeadIn
     """Per-head maps of one word: fp32 (H, size, size), heads in HeadIndex order.
 
     maps[res]: (S, H_r, T, h, w) as stored for one sample; slots: the word's token slots (into T);
-    buckets: step buckets to sum (None = all).
+    buckets: step buckets to sum (None = all). Each run of consecutive heads is resized straight into
+    its rows of the output (no gather afterwards).
     """
     out = torch.empty(len(head_index), size, size, dtype=torch.float32)
+    slot_index = torch.tensor(slots)
     for res, stored in maps.items():
         x = stored[buckets] if buckets is not None else stored
-        x = _sum0(x[:, :, slots].float())  # (H_r, n_tokens, h, w)
-        x = resize_bicubic(x, (size, size)).clamp_(min=0)
-        mean = _sum0(x.transpose(0, 1)).div_(len(slots))  # (H_r, size, size); in place: x is ours
-        out.index_copy_(0, torch.from_numpy(head_index.heads_at(res)), mean)
+        x = _sum0(x.index_select(2, slot_index)).float()  # (H_r, n_tokens, h, w)
+        for first, start, stop in _runs(head_index.heads_at(res)):
+            part, rows = x[first: first + stop - start], out[start:stop]  # (n, n_tokens, h, w), (n, size, size)
+            if len(slots) == 1:
+                resize_bicubic(part[:, 0], (size, size), out=rows).clamp_(min=0)
+            else:
+                torch.mean(resize_bicubic(part, (size, size)).clamp_(min=0), 1, out=rows)
     return out
+
+
+def _runs(heads: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs of consecutive values in sorted `heads`: (position of the run in heads, first value, last + 1)."""
+    breaks = np.flatnonzero(np.diff(heads) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(heads)]])
+    return [(int(a), int(heads[a]), int(heads[b - 1]) + 1) for a, b in zip(starts, stops) if b > a]
 
 
 def _sum0(x: torch.Tensor) -> torch.Tensor:
@@ -49,14 +63,19 @@ def bicubic_matrix(n_in: int, n_out: int) -> torch.Tensor:
     return F.interpolate(basis, size=(n_out, 4), mode="bicubic")[:, 0, :, 0].T.float().contiguous()
 
 
-def resize_bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_bicubic(x: torch.Tensor, size: tuple[int, int], out: torch.Tensor | None = None) -> torch.Tensor:
     """F.interpolate(x, size, mode="bicubic") for x (..., h, w) as two matrix products (torch's 2-D
-    bicubic is separable): equal to it within float rounding and ~4x faster on CPU for many small maps."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x.clone()  # bicubic at scale 1 is the identity, exactly
+    bicubic is separable): equal to it within float rounding and ~4x faster on CPU for many small maps.
+    `out`, when given, receives the result (..., H, W) and is returned."""
+    if tuple(x.shape[-2:]) == tuple(size):  # bicubic at scale 1 is the identity, exactly
+        return x.clone() if out is None else out.copy_(x)
     rows = bicubic_matrix(x.shape[-2], size[0])  # (H, h)
     cols = bicubic_matrix(x.shape[-1], size[1])  # (W, w)
-    return rows @ (x @ cols.T)  # (..., H, W)
+    half = x.reshape(-1, *x.shape[-2:]) @ cols.T  # (N, h, W): leading dims folded (a 4-D matmul is ~5x slower)
+    if out is None:
+        return (rows @ half).view(*x.shape[:-2], *size)
+    torch.matmul(rows, half, out=out.view(-1, *size))  # (N, H, W)
+    return out
 
 
 def mean_of_heads(head_maps: torch.Tensor, selected: np.ndarray) -> torch.Tensor:
@@ -97,9 +116,25 @@ def top_k_chunks(head_maps: torch.Tensor, order: np.ndarray, chunk: int = 128):
     caller can score each piece while it is in the CPU cache. A running sum over heads in rank order."""
     total = torch.zeros(head_maps.shape[1:], dtype=head_maps.dtype)
     for start in range(0, len(order), chunk):
-        part = head_maps[torch.from_numpy(order[start: start + chunk])]  # (c, s, s), a copy
+        part = head_maps.index_select(0, torch.from_numpy(order[start: start + chunk]))  # (c, s, s), a copy
         part[0] += total
-        for k in range(1, len(part)):  # in place: torch's CPU cumsum over dim 0 of (K, s*s) is ~5x slower
-            part[k] += part[k - 1]
+        running_sum_(part)
         total = part[-1].clone()
         yield start, part.div_(torch.arange(start + 1, start + len(part) + 1, dtype=part.dtype)[:, None, None])
+
+
+def running_sum_(x: torch.Tensor) -> torch.Tensor:
+    """Cumulative sum over dim 0, in place, in two levels: within blocks of ~sqrt(n) rows, then each block
+    plus the previous block's total. ~2 sqrt(n) tensor ops instead of n row additions (torch's CPU cumsum
+    over dim 0 of (n, s*s) is slower than either)."""
+    n = len(x)
+    width = max(1, math.isqrt(n))
+    n_blocks = n // width
+    blocks = x[: n_blocks * width].view(n_blocks, width, *x.shape[1:])  # (B, width, ...)
+    for j in range(1, width):
+        blocks[:, j] += blocks[:, j - 1]
+    for i in range(1, n_blocks):
+        blocks[i] += blocks[i - 1, -1]
+    for r in range(n_blocks * width, n):
+        x[r] += x[r - 1]
+    return x

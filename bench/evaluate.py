@@ -7,6 +7,7 @@ One row per (sample, word, method, variant). Pairs without a reference mask are 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -21,7 +22,7 @@ from bench.cache import StageStore
 from bench.generate import EOT
 from bench.heads import HeadIndex
 from bench.relevance import Relevance
-from bench.score import iou, normalised_heat
+from bench.score import iou, ious_over_taus, minmax_, normalised_heat
 from bench.segment import load_word_masks
 
 COLUMNS = ["sample_id", "prompt_id", "seed", "tau", "word", "method", "variant", "n_heads", "iou", "excluded"]
@@ -55,8 +56,7 @@ class Method(ABC):
         out = np.full((len(taus), len(maps)), np.nan)
         if ref is not None:
             heats = torch.stack([heat for _, heat in maps.values()])  # (V, s, s); NaN = no map for this pair
-            norm = normalised_heat(heats, tuple(ref.shape))  # (V, H, W)
-            out[:] = [iou(norm > tau, ref).numpy() for tau in taus]
+            out[:] = ious_over_taus(normalised_heat(heats, tuple(ref.shape)), ref, taus)  # heats (V, s, s)
             out[:, heats.flatten(1).isnan().any(1).numpy()] = np.nan
         return list(maps), np.array([n for n, _ in maps.values()]), out
 
@@ -170,7 +170,7 @@ class KCurve(Selective):
         super().__init__("all", order, blocks, resolutions, relevance,
                          name or ("kcurve" if order == "top" else "kcurve_bottom"))
         self.size, self.step = size, step
-        self.chunk = 256 if size is not None else 8  # maps binarised at once (in the CPU cache)
+        self.chunk = 64 if size is not None else 8  # maps binarised at once (in the CPU cache)
 
     def ks(self, n: int) -> np.ndarray:
         """The k values scored out of n ranked heads (always including 1 and n)."""
@@ -193,9 +193,10 @@ class KCurve(Selective):
                 keep = scored[start: start + len(part)]
                 if not keep.any():
                     continue
-                norm = normalised_heat(part if keep.all() else part[torch.from_numpy(keep)], tuple(ref.shape))
                 cols = np.searchsorted(ks, np.arange(start + 1, start + len(part) + 1)[keep])
-                out[:, cols] = [iou(norm > tau, ref).numpy() for tau in taus]
+                part = part if keep.all() else part[torch.from_numpy(keep)]  # (c, s, s), ours to modify
+                norm = minmax_(part) if part.shape[-2:] == ref.shape else normalised_heat(part, tuple(ref.shape))
+                out[:, cols] = ious_over_taus(norm, ref, taus)
         return [f"k={k}" for k in ks], ks, out
 
 
@@ -249,8 +250,11 @@ def long_table(blocks: list[dict]) -> pd.DataFrame:
 
 
 def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
-                   relevance: Relevance | None, tau: float | list[float]) -> pd.DataFrame:
+                   relevance: Relevance | None, tau: float | list[float], workers: int = 1) -> pd.DataFrame:
     """Score every (sample, word) with every method variant at every tau; returns the long table.
+
+    `workers` threads score samples in parallel, one torch thread each (the tensor and numpy work releases
+    the GIL); the table is the same, row for row, whatever the number.
 
     A relevance source may split the scoring (`Relevance.parts`): held-out folds of the oracle (each
     sample scored once, with the relevance and tau chosen without it; rows get a `fold` column) or draws
@@ -259,14 +263,14 @@ def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore,
     taus = [float(t) for t in tau] if isinstance(tau, (list, tuple, ListConfig)) else [float(tau)]
     parts = relevance.parts(samples, gen_store, mask_store, taus) if relevance is not None else []
     if all(part.split is None for part in parts):
-        return _score(samples, gen_store, mask_store, methods, relevance, taus)
+        return _score(samples, gen_store, mask_store, methods, relevance, taus, workers)
     tables = []
     if parts[0].split == "draw":
         fixed = [m for m in methods if not m.uses_run_relevance]
-        tables.append(_score(samples, gen_store, mask_store, fixed, relevance, taus))
+        tables.append(_score(samples, gen_store, mask_store, fixed, relevance, taus, workers))
         methods = [m for m in methods if m.uses_run_relevance]
     for part in parts:
-        table = _score(part.samples, gen_store, mask_store, methods, part.relevance, part.taus,
+        table = _score(part.samples, gen_store, mask_store, methods, part.relevance, part.taus, workers,
                        f"aggregate+score ({part.split} {part.index})")
         tables.append(table.assign(**{part.split: part.index}))
     tables = [t for t in tables if len(t)]
@@ -274,11 +278,31 @@ def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore,
 
 
 def _score(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
-           relevance: Relevance | None, taus: list[float], desc: str = "aggregate+score") -> pd.DataFrame:
+           relevance: Relevance | None, taus: list[float], workers: int, desc: str = "aggregate+score") -> pd.DataFrame:
     if not methods:
         return long_table([])
+    if workers < 1:
+        raise ValueError(f"eval.workers must be >= 1, got {workers}")
     ctx = make_context(gen_store, relevance)
+
+    def score(sample) -> list[dict]:
+        return score_sample(sample, gen_store, mask_store, methods, ctx, taus)
+
     blocks = []
-    for sample in tqdm(samples, desc=desc, unit="sample"):
-        blocks += score_sample(sample, gen_store, mask_store, methods, ctx, taus)
+    progress = tqdm(total=len(samples), desc=desc, unit="sample")
+    if workers == 1:
+        for sample in samples:
+            blocks += score(sample)
+            progress.update()
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # parallel over samples instead of inside each tensor op
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                for sample_blocks in pool.map(score, samples):  # in sample order
+                    blocks += sample_blocks
+                    progress.update()
+        finally:
+            torch.set_num_threads(threads)
+    progress.close()
     return long_table(blocks)

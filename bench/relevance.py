@@ -28,7 +28,7 @@ from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_ma
 from bench.cache import StageStore
 from bench.generate import EOT
 from bench.heads import HeadIndex
-from bench.score import heat_to_mask, iou, normalised_heat
+from bench.score import heat_to_mask, iou, ious_over_taus, normalised_heat
 from bench.segment import load_word_masks
 
 
@@ -280,8 +280,7 @@ def head_ious(samples: list, gen_store: StageStore, mask_store: StageStore, taus
             per_tau = np.empty((len(taus), len(head_index)))
             for start in range(0, len(head_index), chunk):
                 norm = normalised_heat(maps[start: start + chunk], tuple(ref.shape))  # heat_to_mask before `> tau`
-                for t, tau in enumerate(taus):
-                    per_tau[t, start: start + chunk] = iou(norm > tau, ref).numpy()
+                per_tau[:, start: start + chunk] = ious_over_taus(norm, ref, taus)
             pairs.append((sample, word))
             out.append(per_tau)
     return pairs, np.nan_to_num(np.stack(out)) if out else np.zeros((0, len(taus), len(head_index)))

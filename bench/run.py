@@ -83,7 +83,7 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     mask_store = StageStore(cfg.paths.cache, "segment", seg_config, [gen_store.key])
     seg_stats = segment_stage(segmenter, samples, gen_store, mask_store)
 
-    table = evaluate_stage(samples, gen_store, mask_store, methods, relevance, cfg.eval.tau)
+    table = evaluate_stage(samples, gen_store, mask_store, methods, relevance, cfg.eval.tau, cfg.eval.workers)
     table.to_csv(run_dir / "scores.csv", index=False)
     summary = summarise(table)
     labels = {m.name: (m.relevance or relevance).label() for m in methods

@@ -3,9 +3,9 @@ import pytest
 import torch
 from conftest import FixedRelevance
 
-from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, top_k_curve
+from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, running_sum_, top_k_curve
 from bench.evaluate import Context, Daam, Selective
-from bench.score import heat_to_mask, iou
+from bench.score import heat_to_mask, iou, ious_over_taus, normalised_heat
 
 
 def iou_numpy(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -21,6 +21,18 @@ def test_iou_matches_numpy_reference():
     np.testing.assert_allclose(got, [iou_numpy(p, ref) for p in preds], rtol=1e-12)
     empty = torch.zeros(40, 50, dtype=torch.bool)
     assert torch.isnan(iou(empty, empty))
+    odd = rng.random((3, 7, 9)) > 0.5, rng.random((7, 9)) > 0.5  # 63 pixels: the packed bits are zero padded
+    np.testing.assert_allclose(iou(*map(torch.from_numpy, odd)).numpy(), [iou_numpy(p, odd[1]) for p in odd[0]])
+
+
+def test_ious_over_taus_is_heat_to_mask_then_iou():
+    rng = np.random.default_rng(3)
+    heat, ref = torch.rand(5, 11, 13) ** 2, rng.random((11, 13)) > 0.5
+    taus = [0.2, 0.4, 0.7]
+    got = ious_over_taus(normalised_heat(heat, (11, 13)), torch.from_numpy(ref), taus)
+    want = [[iou_numpy(m, ref) for m in heat_to_mask(heat, (11, 13), tau).numpy()] for tau in taus]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got.shape == (3, 5) and len(np.unique(got)) > 3
 
 
 def test_heat_to_mask_normalises_each_map():
@@ -30,6 +42,9 @@ def test_heat_to_mask_normalises_each_map():
     masks = heat_to_mask(heat, (32, 32), 0.4)
     assert masks.shape == (2, 32, 32) and torch.equal(masks[0], masks[1])
     assert masks[0, :14].all() and not masks[0, 18:].any()
+    turned = heat.transpose(1, 2)  # a strided view: normalised on a copy, the caller's maps untouched
+    assert torch.equal(heat_to_mask(turned, (8, 8), 0.4), heat_to_mask(heat, (8, 8), 0.4).transpose(1, 2))
+    assert torch.equal(turned, heat.transpose(1, 2)) and heat[1, 0, 0] == 100.0
 
 
 @pytest.mark.parametrize("k, expect", [(10, 10), ("10", 10), (0.25, 29), ("25%", 29), ("all", 116)])
@@ -55,6 +70,12 @@ def test_top_k_curve_equals_explicit_means():
     assert bottom[0] == relevance.argmin()
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 9, 64, 70])
+def test_running_sum_equals_cumsum(n):
+    x = torch.rand(n, 3, 4, dtype=torch.float64)
+    want = x.cumsum(0)
+    assert running_sum_(x) is x
+    torch.testing.assert_close(x, want, rtol=1e-12, atol=1e-12)
 
 
 def test_selective_with_daam_heads_equals_daam_exactly(tiny):

@@ -116,10 +116,13 @@ def test_resize_bicubic_and_head_maps_match_torch_interpolate():
                                    atol=1e-5, rtol=1e-5)
     index = two_resolution_index()
     maps = {(16, 16): torch.rand(2, 14, 3, 16, 16), (8, 8): torch.rand(2, 4, 3, 8, 8)}
-    got = word_head_maps(maps, index, [0, 2], 16)
-    for res, stored in maps.items():  # reference: daam's order of operations with F.interpolate
-        x = F.interpolate(stored.sum(0)[:, [0, 2]], size=(16, 16), mode="bicubic").clamp(min=0).mean(1)
-        torch.testing.assert_close(got[torch.from_numpy(index.heads_at(res))], x, atol=1e-5, rtol=1e-5)
+    out = torch.full((3, 16, 16), np.nan)
+    assert resize_bicubic(maps[(8, 8)][0, :3, 0], (16, 16), out=out) is out and not out.isnan().any()
+    for slots in ([0, 2], [1]):  # several tokens (mean of the clamped maps), one token (resized in place)
+        got = word_head_maps(maps, index, slots, 16)
+        for res, stored in maps.items():  # reference: daam's order of operations with F.interpolate
+            x = F.interpolate(stored.sum(0)[:, slots], size=(16, 16), mode="bicubic").clamp(min=0).mean(1)
+            torch.testing.assert_close(got[torch.from_numpy(index.heads_at(res))], x, atol=1e-5, rtol=1e-5)
 
 
 def test_kcurve_equals_selective_for_every_k_and_compares_on_the_grid():

@@ -69,21 +69,23 @@ def test_experiments_compose(experiment, monkeypatch):
 
 def test_end_to_end_then_rerun_recomputes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    cfg = cfg_for(["dataset.limit=2", "dataset.seeds=[0]", "model.generation.steps=2"])
+    overrides = ["dataset.limit=3", "dataset.seeds=[0]", "model.generation.steps=2"]
+    cfg = cfg_for(overrides)
+    assert cfg.eval.workers == 2  # run 1 scores on 2 threads, run 2 on one: the same table
     summary = run(cfg, tmp_path / "run1")
     assert set(summary["method"]) == {"daam", "selective", "bottom_k"}
     md = (tmp_path / "run1" / "summary.md").read_text()
     assert "These numbers only check the pipeline" in md
     first = json.loads((tmp_path / "run1" / "stats.json").read_text())
-    assert first["generate"]["generated"] == 2 and first["generate"]["bytes_per_sample"] > 0
+    assert first["generate"]["generated"] == 3 and first["generate"]["bytes_per_sample"] > 0
 
     calls = []
     import bench.models
     monkeypatch.setattr(bench.models.T2IModel, "generate", lambda self, *a, **k: calls.append(a))
-    run(cfg, tmp_path / "run2")
+    run(cfg_for([*overrides, "eval.workers=1"]), tmp_path / "run2")
     second = json.loads((tmp_path / "run2" / "stats.json").read_text())
-    assert calls == [] and second["generate"]["generated"] == 0 and second["generate"]["cached"] == 2
-    assert second["segment"] == {"segmented": 0, "cached": 2}
+    assert calls == [] and second["generate"]["generated"] == 0 and second["generate"]["cached"] == 3
+    assert second["segment"] == {"segmented": 0, "cached": 3}
     assert (tmp_path / "run1" / "scores.csv").read_text() == (tmp_path / "run2" / "scores.csv").read_text()
 
 
