@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -82,11 +83,14 @@ def segment_stage(segmenter: Segmenter, samples: list, image_store: StageStore, 
                   batch_size: int = 8) -> dict:
     """Segment every stored image not yet in `store`: masks/<id>__<word>.png plus masks/<id>.json."""
     todo = [s for s in samples if not store.has(f"masks/{s.id}.json")]
+    seconds = 0.0  # in segmenter.segment (a lazily loaded model's loading included), not in PNG writes
     for start in tqdm(range(0, len(todo), batch_size), desc=f"segment ({segmenter.name})", disable=not todo):
         batch = todo[start: start + batch_size]
         images = [PIL.Image.open(image_store.file(f"images/{s.id}.png")).convert("RGB") for s in batch]
         records = [{"prompt": s.row.prompt, **s.row.extra} for s in batch]
+        t0 = time.perf_counter()
         results = segmenter.segment(images, [list(s.row.words) for s in batch], records)
+        seconds += time.perf_counter() - t0
         for sample, per_word in zip(batch, results):
             meta = {}
             for word, wm in per_word.items():
@@ -98,7 +102,10 @@ def segment_stage(segmenter: Segmenter, samples: list, image_store: StageStore, 
                     write_atomic(store.file(entry["png"]), buf.getvalue())
                 meta[word] = entry
             write_atomic(store.file(f"masks/{sample.id}.json"), json.dumps(meta).encode())
-    return {"segmented": len(todo), "cached": len(samples) - len(todo)}
+    stats = {"segmented": len(todo), "cached": len(samples) - len(todo)}
+    if todo:
+        stats.update(seconds=round(seconds, 3), seconds_per_image=round(seconds / len(todo), 4))
+    return stats
 
 
 def load_word_masks(store: StageStore, sample_id: str) -> dict[str, WordMask]:

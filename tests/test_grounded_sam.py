@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fixtures_segment import small_images, tiny_detector, tiny_sam  # noqa: E402
+from fixtures_segment import WORDS, small_images  # noqa: E402
 
 from bench.grounded_sam import (  # noqa: E402
     EMPTY_MASK,
@@ -36,6 +36,7 @@ from bench.grounded_sam import (  # noqa: E402
     union_instances,
     word_to_phrase,
 )
+from bench.grounded_sam_tiny import tiny_detector, tiny_sam  # noqa: E402
 from bench.segment import WordMask  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "segmenter" / "grounded_sam.yaml"
@@ -47,8 +48,8 @@ def _offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory):
-    return tiny_detector(tmp_path_factory.mktemp("vocab"))
+def detector():
+    return tiny_detector(WORDS)
 
 
 @pytest.fixture(scope="module")

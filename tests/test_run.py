@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import REPO
 from hydra import compose, initialize_config_dir
@@ -129,3 +130,20 @@ def test_image_mode_without_images_fails_before_generation(monkeypatch, tmp_path
     cfg = cfg_for(["capture.source=image"])
     with pytest.raises(ValueError, match="capture.source=image needs an existing `image` file"):
         run(cfg, tmp_path / "run")
+
+
+def test_run_with_tiny_grounded_sam_counts_exclusions(tmp_path, monkeypatch):
+    """segmenter=grounded_sam_tiny: the Grounded-SAM stage inside a whole run; random weights, so labelled."""
+    monkeypatch.chdir(REPO)
+    cfg = cfg_for(["dataset.limit=3", "dataset.seeds=[0]", "model.generation.steps=2", "segmenter=grounded_sam_tiny",
+                   "segmenter.text_threshold=0.99", f"paths.cache={tmp_path / 'cache'}"])
+    run(cfg, tmp_path / "run")
+    md = (tmp_path / "run" / "summary.md").read_text()
+    assert "pseudo ground truth: grounded_sam_tiny" in md and "These numbers only check the pipeline" in md
+    masks = sorted((tmp_path / "cache").glob("segment/*/masks/*.json"))
+    reasons = [m["reason"] for f in masks for m in json.loads(f.read_text()).values()]
+    assert len(masks) == 3 and len(reasons) == 5  # cat+sofa, dog+ball, bird
+    assert 0 < reasons.count("no detection") < 5, reasons  # text threshold 0.99: random scores pass for some words
+    scores = pd.read_csv(tmp_path / "run" / "scores.csv")
+    excluded = scores.drop_duplicates(["sample_id", "word"]).excluded
+    assert (excluded == "no detection").sum() == reasons.count("no detection")  # counted, not scored as 0
