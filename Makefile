@@ -9,7 +9,7 @@ DIR ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow smoke bench train-shapes report bench-kcurve lint clean-cache perf gpu-wheels gpu-check
+.PHONY: help setup test test-gsam test-slow smoke bench train-shapes report bench-kcurve lint clean-cache perf gpu-wheels gpu-check
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,21 @@ setup: $(PY)  ## create .venv: CPU torch (pinned), the harness, test deps, daam 
 
 test:  ## the fast suite CI runs (under 10 minutes on 2 CPU cores)
 	$(PY) -m pytest -q
+
+GSAM_VENV ?= .venv-gsam
+GSAM_PY := $(GSAM_VENV)/bin/python
+# measured to work together (../shared/ENVIRONMENT.md): torchvision needs this torch build; groundingdino-py
+# needs transformers < 5, which caps huggingface_hub < 1.0, which diffusers 0.39.0 is the newest to accept
+GSAM_PINS := transformers==4.57.6 huggingface_hub==0.36.2 diffusers==0.39.0
+
+$(GSAM_PY):
+	$(PY_SYS) -m venv $(GSAM_VENV)
+
+test-gsam: $(GSAM_PY)  ## build .venv-gsam (groundingdino-py + segment-anything, CUDA torch build, ~6.5 GB) and run their tests
+	$(GSAM_PY) -m pip install -q --upgrade pip
+	$(GSAM_PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(GSAM_PY) -m pip install -q $(GSAM_PINS) -e ".[test,gsam_original]"
+	$(GSAM_PY) -m pytest -q -rs tests/test_grounded_sam_original.py
 
 test-slow:  ## the slower end-to-end checks
 	$(PY) -m pytest -q -m slow

@@ -52,7 +52,6 @@ EMPTY_MASK = "empty mask"
 EMPTY_WORD = "empty word"
 
 
-
 # --------------------------------------------------------------------------------------------------------
 # pure helpers (no models): tested on hand-made inputs
 
@@ -75,6 +74,27 @@ def filter_detections(boxes: np.ndarray, box_scores: np.ndarray, text_scores: np
         raise ValueError(f"{len(boxes)} boxes, {len(box_scores)} box scores, {len(text_scores)} text scores")
     keep = (box_scores >= box_threshold) & (text_scores >= text_threshold)
     return boxes[keep], box_scores[keep]
+
+
+def non_word_token_ids(tokenizer) -> set[int]:
+    """Token ids that are not part of a phrase's word: [CLS], [SEP], padding and GroundingDINO's "."."""
+    ids = {i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) if i is not None}
+    dot = tokenizer.convert_tokens_to_ids(".")
+    if dot is not None and dot != tokenizer.unk_token_id:
+        ids.add(dot)
+    return ids
+
+
+def query_scores(probs, input_ids, attention_mask, non_word_ids: set[int]):
+    """GroundingDINO's per-query scores from token probabilities probs (n, q, max_text_len):
+    box score = max over all prompt tokens, text score = max over the word's own tokens (input_ids and
+    attention_mask (n, L) of the tokenised phrases). Returns (box_scores, text_scores), each (n, q)."""
+    word_tokens = attention_mask.bool().clone()  # (n, L)
+    for token_id in non_word_ids:
+        word_tokens &= input_ids != token_id
+    seq = input_ids.shape[1]
+    text_scores = probs[:, :, :seq].masked_fill(~word_tokens[:, None, :], 0.0).amax(dim=-1)
+    return probs.amax(dim=-1), text_scores
 
 
 def union_instances(masks, owner, n_words: int):
@@ -192,7 +212,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(name))
 
 
-def _unavailable(kind: str, name: str, key: str, local_only: bool, err: BaseException) -> ModelUnavailableError:
+def unavailable_error(kind: str, name: str, key: str, local_only: bool, err: BaseException) -> ModelUnavailableError:
     first = " ".join(str(err).split())[:200]
     if _looks_like_path(name):
         path = os.path.expanduser(name)
@@ -208,12 +228,21 @@ def _unavailable(kind: str, name: str, key: str, local_only: bool, err: BaseExce
 
 
 @dataclass
-class _Detections:
+class Detections:
     """All of GroundingDINO's queries for one (image, phrase) sample, before thresholds."""
 
     boxes: np.ndarray  # (q, 4) xyxy original pixels, clipped to the image
     box_scores: np.ndarray  # (q,)
     text_scores: np.ndarray  # (q,)
+
+    @classmethod
+    def clipped(cls, boxes: np.ndarray, size: tuple[int, int], box_scores, text_scores) -> "Detections":
+        """From xyxy pixel boxes (q, 4), clipped to the image size (w, h), and torch score vectors (q,)."""
+        w, h = size
+        boxes = boxes.copy()
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        return cls(boxes, box_scores.cpu().numpy(), text_scores.cpu().numpy())
 
 
 class GroundedSam(Segmenter):
@@ -303,7 +332,7 @@ class GroundedSam(Segmenter):
             try:
                 AutoConfig.from_pretrained(os.path.expanduser(name), local_files_only=local_only)
             except (OSError, ValueError) as err:
-                raise _unavailable(kind, name, key, local_only, err) from None
+                raise unavailable_error(kind, name, key, local_only, err) from None
 
     @property
     def loaded(self) -> bool:
@@ -321,7 +350,7 @@ class GroundedSam(Segmenter):
             try:
                 return loader.from_pretrained(os.path.expanduser(name), local_files_only=local_only)
             except (OSError, ValueError) as err:
-                raise _unavailable(kind, name, key, local_only, err) from None
+                raise unavailable_error(kind, name, key, local_only, err) from None
 
         det_proc = get("GroundingDINO", self.detector, "detector", AutoProcessor)
         det_model = get("GroundingDINO", self.detector, "detector", GroundingDinoForObjectDetection)
@@ -335,19 +364,14 @@ class GroundedSam(Segmenter):
         self._det_model = det_model.to(device=device, dtype=self.det_dtype).eval()
         self._sam_model = sam_model.to(device=device, dtype=self.sam_dtype).eval()
         self._det_proc, self._sam_proc = det_proc, sam_proc
-        tok = det_proc.tokenizer
-        specials = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
-        self._non_word_ids = {i for i in specials if i is not None}
-        dot = tok.convert_tokens_to_ids(".")
-        if dot is not None and dot != tok.unk_token_id:
-            self._non_word_ids.add(dot)
+        self._non_word_ids = non_word_token_ids(det_proc.tokenizer)
         params = inspect.signature(det_proc.post_process_grounded_object_detection).parameters
         # transformers renamed box_threshold -> threshold (4.47); accept either.
         self._threshold_kw = "threshold" if "threshold" in params else "box_threshold"
 
     # -- detection -----------------------------------------------------------------------------------
 
-    def _detect_pairs(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[_Detections]:
+    def _detect_pairs(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[Detections]:
         """GroundingDINO on (image, phrase) pairs, one phrase per sample; all queries, no thresholds."""
 
         proc, model, device = self._det_proc, self._det_model, self.torch_device
@@ -363,23 +387,15 @@ class GroundedSam(Segmenter):
         results = proc.post_process_grounded_object_detection(
             types.SimpleNamespace(logits=logits, pred_boxes=out.pred_boxes.float()), input_ids.to(device),
             **{self._threshold_kw: -1.0}, text_threshold=1.0, target_sizes=sizes)
-        probs = logits.sigmoid()
-        seq = input_ids.shape[1]
-        word_tok = inputs["attention_mask"].bool().clone()
-        for tid in self._non_word_ids:
-            word_tok &= inputs["input_ids"] != tid
-        text_scores = probs[:, :, :seq].masked_fill(~word_tok[:, None, :], 0.0).amax(dim=-1)
-        box_scores = probs.amax(dim=-1)
+        box_scores, text_scores = query_scores(logits.sigmoid(), inputs["input_ids"], inputs["attention_mask"],
+                                               self._non_word_ids)
         dets = []
         for i, (res, (h, w)) in enumerate(zip(results, sizes)):
             boxes = res["boxes"]
             if boxes.shape[0] != logits.shape[1]:
                 raise RuntimeError("post_process_grounded_object_detection dropped queries at threshold -1; "
                                    "this transformers version is not supported")
-            boxes = boxes.float().cpu().numpy()
-            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-            dets.append(_Detections(boxes, box_scores[i].cpu().numpy(), text_scores[i].cpu().numpy()))
+            dets.append(Detections.clipped(boxes.float().cpu().numpy(), (w, h), box_scores[i], text_scores[i]))
         return dets
 
     # -- segmentation ------------------------------------------------------------------------------

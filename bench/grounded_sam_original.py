@@ -1,0 +1,202 @@
+"""Grounded-SAM with the original packages: groundingdino-py (GroundingDINO) + segment-anything (SAM).
+
+The same recipe and post-processing as `bench.grounded_sam.GroundedSam` (one query per word, inclusive
+box/text thresholds with the text score over the word's own tokens, SAM's best mask per box, union per
+word, exclusions "no detection" / "empty mask"); only the two model calls differ, so the two backends can
+be compared mask for mask (`bench.grounded_sam.score_masks`). Checkpoints are local files (the released
+`groundingdino_swint_ogc.pth` and `sam_vit_h_4b8939.pth`); the BERT text encoder is a Hugging Face id or a
+local folder.
+
+The packages need torchvision and transformers < 5, so they live in their own environment, `.venv-gsam`
+(`make test-gsam` builds it with the pins in the Makefile and runs tests/test_grounded_sam_original.py).
+SAM runs in float32, as the original demo does.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+import numpy as np
+import PIL.Image
+
+from bench import ModelUnavailableError
+from bench.grounded_sam import (
+    Detections,
+    GroundedSam,
+    non_word_token_ids,
+    query_scores,
+    select_best_masks,
+    unavailable_error,
+    union_instances,
+)
+
+ENV_FIX = "run `make test-gsam` (builds .venv-gsam) and use .venv-gsam/bin/python -m bench"
+
+
+class GroundedSamOriginal(GroundedSam):
+    """GroundingDINO (groundingdino-py) boxes per word -> SAM (segment-anything) masks -> union per word."""
+
+    name = "grounded_sam_original"
+
+    def __init__(self, groundingdino_checkpoint: str, sam_checkpoint: str,
+                 groundingdino_config: str = "GroundingDINO_SwinT_OGC.py", sam_type: str = "vit_h",
+                 text_encoder: str = "bert-base-uncased", image_size: int = 800, max_size: int = 1333,
+                 box_threshold: float = 0.35, text_threshold: float = 0.25, device: str = "auto",
+                 batch_size: int = 4, multimask: bool = True, sam_box_chunk: int = 64, progress: bool = True,
+                 local_files_only: bool | None = None) -> None:
+        """
+        groundingdino_checkpoint / sam_checkpoint: local .pth files (released checkpoints or state dicts).
+        groundingdino_config: a config file of groundingdino-py; a bare file name is looked up in the
+            package's own config folder (GroundingDINO_SwinT_OGC.py, GroundingDINO_SwinB_cfg.py).
+        sam_type: segment-anything's registry key (vit_h, vit_l, vit_b).
+        text_encoder: the BERT GroundingDINO encodes phrases with (HF id in the local cache, or a folder).
+        image_size / max_size: GroundingDINO's input resize (shorter side, longer-side cap), 800 / 1333 as released.
+        The other arguments are GroundedSam's.
+        """
+        super().__init__(detector=groundingdino_checkpoint, sam=sam_checkpoint, box_threshold=box_threshold,
+                         text_threshold=text_threshold, device=device, dtype="float32", batch_size=batch_size,
+                         local_files_only=local_files_only, multimask=multimask, sam_box_chunk=sam_box_chunk,
+                         progress=progress)
+        self.groundingdino_config = str(groundingdino_config)
+        self.sam_type = str(sam_type)
+        self.text_encoder = str(text_encoder)
+        self.image_size, self.max_size = int(image_size), int(max_size)
+        self._predictor = None
+
+    @classmethod
+    def from_models(cls, detector_model, sam_model, **kwargs) -> "GroundedSamOriginal":
+        """Wrap a built GroundingDINO (with its `.tokenizer`) and a segment-anything `Sam` (tests, notebooks)."""
+        kwargs.setdefault("groundingdino_checkpoint", type(detector_model).__name__)
+        kwargs.setdefault("sam_checkpoint", type(sam_model).__name__)
+        self = cls(**kwargs)
+        self._install(detector_model, sam_model)
+        return self
+
+    # -- availability and loading ----------------------------------------------------------------------
+
+    def config_path(self) -> str:
+        """The GroundingDINO config file: a path, or a bare name inside groundingdino/config."""
+        if os.sep in self.groundingdino_config or os.path.exists(self.groundingdino_config):
+            return os.path.expanduser(self.groundingdino_config)
+        return str(resources.files("groundingdino") / "config" / self.groundingdino_config)
+
+    def check_available(self) -> None:
+        """One line naming the fix when the packages, a checkpoint or the text encoder are missing."""
+        if self.loaded:
+            return
+        try:
+            import groundingdino  # noqa: F401
+            import segment_anything  # noqa: F401
+            import torchvision  # noqa: F401
+        except ImportError as err:
+            raise ModelUnavailableError(f"segmenter=grounded_sam_original needs groundingdino-py, segment-anything "
+                                        f"and torchvision ({err.name} is missing here): {ENV_FIX}") from None
+        from segment_anything import sam_model_registry
+        from transformers import AutoConfig
+
+        if self.sam_type not in sam_model_registry:
+            raise ValueError(f"segmenter.sam_type={self.sam_type} is not one of {sorted(sam_model_registry)}")
+        for what, path, key in (("GroundingDINO config", self.config_path(), "groundingdino_config"),
+                                ("GroundingDINO checkpoint", self.detector, "groundingdino_checkpoint"),
+                                ("SAM checkpoint", self.sam, "sam_checkpoint")):
+            if not os.path.isfile(os.path.expanduser(path)):
+                raise ModelUnavailableError(f"{what} '{path}' does not exist: download it on a machine with network "
+                                            f"and set segmenter.{key}=/path/to/file")
+        local_only = self._local_only()
+        try:
+            AutoConfig.from_pretrained(os.path.expanduser(self.text_encoder), local_files_only=local_only)
+        except (OSError, ValueError) as err:
+            raise unavailable_error("BERT text encoder", self.text_encoder, "text_encoder", local_only, err) from None
+
+    def load(self) -> "GroundedSamOriginal":
+        """Build GroundingDINO from its config, load both checkpoints (idempotent; called by the first segment)."""
+        if self.loaded:
+            return self
+        self.check_available()
+        import torch
+        from groundingdino.models import build_model
+        from groundingdino.util.misc import clean_state_dict
+        from groundingdino.util.slconfig import SLConfig
+        from segment_anything import sam_model_registry
+
+        args = SLConfig.fromfile(self.config_path())
+        args.device = str(self.torch_device)
+        args.text_encoder_type = os.path.expanduser(self.text_encoder)
+        model = build_model(args)
+        checkpoint = torch.load(os.path.expanduser(self.detector), map_location="cpu", weights_only=False)
+        state = clean_state_dict(checkpoint.get("model", checkpoint))
+        missing, _ = model.load_state_dict(state, strict=False)  # strict=False as released (BERT buffers)
+        expected = len(model.state_dict())
+        if len(missing) > 0.1 * expected:
+            raise ModelUnavailableError(f"GroundingDINO checkpoint '{self.detector}' matches only "
+                                        f"{expected - len(missing)} of {expected} tensors of {self.config_path()}: "
+                                        "set segmenter.groundingdino_config= to the config it was trained with")
+        sam = sam_model_registry[self.sam_type](checkpoint=os.path.expanduser(self.sam))
+        self._install(model, sam)
+        return self
+
+    def _install(self, detector_model, sam_model) -> None:
+        from segment_anything import SamPredictor
+
+        device = self.torch_device
+        self._det_model = detector_model.to(device).eval()
+        self._predictor = SamPredictor(sam_model.to(device).eval())
+        self._non_word_ids = non_word_token_ids(detector_model.tokenizer)
+
+    # -- the two model calls ---------------------------------------------------------------------------
+
+    def _detect_pairs(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[Detections]:
+        """GroundingDINO on (image, phrase) pairs, one phrase per sample; all queries, no thresholds."""
+        import groundingdino.datasets.transforms as T
+        import torch
+        from groundingdino.util.misc import nested_tensor_from_tensor_list
+
+        model, device = self._det_model, self.torch_device
+        to_input = T.Compose([T.RandomResize([self.image_size], max_size=self.max_size), T.ToTensor(),
+                              T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # one size: deterministic
+        # (n, 3, H, W) zero-padded to the largest image, with the padding mask the model masks attention by
+        batch = nested_tensor_from_tensor_list([to_input(image, None)[0].to(device) for image in images])
+        out = model(batch, captions=list(phrases))
+        probs = out["pred_logits"].float().sigmoid()  # (n, q, max_text_len); 0 outside the phrase
+        tokens = model.tokenizer(list(phrases), padding="longest", return_tensors="pt").to(device)
+        box_scores, text_scores = query_scores(probs, tokens["input_ids"], tokens["attention_mask"],
+                                               self._non_word_ids)
+        dets = []
+        for i, image in enumerate(images):
+            w, h = image.size
+            cx, cy, bw, bh = out["pred_boxes"][i].float().unbind(-1)  # (q,) each, relative to the image
+            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
+            boxes = (boxes * torch.tensor([w, h, w, h], device=boxes.device)).cpu().numpy()
+            dets.append(Detections.clipped(boxes, (w, h), box_scores[i], text_scores[i]))
+        return dets
+
+    def _sam_union(self, images: list[PIL.Image.Image],
+                   boxes: list[list[np.ndarray]]) -> list[list[np.ndarray | None]]:
+        """SAM masks for each image's boxes (SamPredictor, one image at a time), OR-ed per word."""
+        import torch
+
+        predictor, device = self._predictor, self.torch_device
+        result: list[list[np.ndarray | None]] = [[None] * len(b) for b in boxes]
+        for i, (image, word_boxes) in enumerate(zip(images, boxes)):
+            flat = np.concatenate(word_boxes, 0) if word_boxes else np.zeros((0, 4), np.float32)
+            if not len(flat):
+                continue  # no box for any word: SAM is skipped
+            pixels = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+            predictor.set_image(pixels)
+            owner = torch.as_tensor(np.concatenate([np.full(len(b), j) for j, b in enumerate(word_boxes)]),
+                                    device=device)
+            union = None
+            for s in range(0, len(flat), self.sam_box_chunk):
+                prompt = predictor.transform.apply_boxes_torch(
+                    torch.as_tensor(flat[s: s + self.sam_box_chunk], device=device), pixels.shape[:2])
+                logits, iou, _ = predictor.predict_torch(None, None, boxes=prompt, multimask_output=self.multimask,
+                                                         return_logits=True)  # (n, m, H, W), (n, m)
+                masks = select_best_masks(logits, iou) > predictor.model.mask_threshold  # (n, H, W)
+                part = union_instances(masks, owner[s: s + self.sam_box_chunk], len(word_boxes))
+                union = part if union is None else union | part
+            union = union.cpu().numpy()
+            for j, b in enumerate(word_boxes):
+                if len(b):
+                    result[i][j] = union[j]
+        return result
