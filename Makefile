@@ -36,11 +36,11 @@ GSAM_PINS := transformers==4.57.6 huggingface_hub==0.36.2 diffusers==0.39.0
 $(GSAM_PY):
 	$(PY_SYS) -m venv $(GSAM_VENV)
 
-test-gsam: $(GSAM_PY)  ## build .venv-gsam (groundingdino-py + segment-anything, CUDA torch build, ~6.5 GB) and run their tests
+test-gsam: $(GSAM_PY)  ## build .venv-gsam (groundingdino-py + segment-anything + torchvision, ~6.5 GB) and run the segmenter tests there
 	$(GSAM_PY) -m pip install -q --upgrade pip
 	$(GSAM_PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(GSAM_PY) -m pip install -q $(GSAM_PINS) -e ".[test,gsam_original]"
-	$(GSAM_PY) -m pytest -q -rs tests/test_grounded_sam_original.py
+	HF_HUB_OFFLINE=1 $(GSAM_PY) -m pytest -q -rs tests/test_grounded_sam_original.py tests/test_grounded_sam.py
 
 test-slow:  ## the slower end-to-end checks
 	$(PY) -m pytest -q -m slow

@@ -258,7 +258,9 @@ class GroundedSam(Segmenter):
                  detector_dtype: str = "float32", multimask: bool = True, sam_box_chunk: int = 64,
                  progress: bool = True) -> None:
         """
-        detector / sam: Hugging Face model ids or local folders (save_pretrained layout).
+        detector / sam: Hugging Face model ids or local folders (save_pretrained layout). `sam` may be a SAM 2
+            checkpoint (model_type "sam2", e.g. facebook/sam2.1-hiera-large) where transformers has Sam2Model;
+            its image processor needs torchvision (.venv-gsam has it).
         box_threshold / text_threshold: inclusive GroundingDINO thresholds (Grounded-SAM defaults).
         device: "auto" (cuda if available, else cpu) or a torch device string.
         dtype: SAM's dtype: "auto" (float16 on CUDA, float32 otherwise), "float32", "float16", "bfloat16".
@@ -342,7 +344,8 @@ class GroundedSam(Segmenter):
         """Load both models and processors (idempotent); called by the first `segment`."""
         if self.loaded:
             return self
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection, SamModel, SamProcessor
+        import transformers
+        from transformers import AutoConfig, AutoProcessor, GroundingDinoForObjectDetection
 
         local_only = self._local_only()
 
@@ -354,8 +357,16 @@ class GroundedSam(Segmenter):
 
         det_proc = get("GroundingDINO", self.detector, "detector", AutoProcessor)
         det_model = get("GroundingDINO", self.detector, "detector", GroundingDinoForObjectDetection)
-        sam_proc = get("SAM", self.sam, "sam", SamProcessor)
-        sam_model = get("SAM", self.sam, "sam", SamModel)
+        sam2 = get("SAM", self.sam, "sam", AutoConfig).model_type == "sam2"
+        if sam2 and not hasattr(transformers, "Sam2Model"):
+            raise ModelUnavailableError(f"segmenter.sam={self.sam} is SAM 2, which transformers "
+                                        f"{transformers.__version__} does not have: upgrade transformers")
+        try:
+            sam_proc = get("SAM", self.sam, "sam", transformers.Sam2Processor if sam2 else transformers.SamProcessor)
+        except ImportError as err:  # SAM 2's image processor needs torchvision
+            raise ModelUnavailableError(f"segmenter.sam={self.sam}: {' '.join(str(err).split())[:160]} "
+                                        "(.venv-gsam has torchvision: make test-gsam)") from None
+        sam_model = get("SAM", self.sam, "sam", transformers.Sam2Model if sam2 else transformers.SamModel)
         self._install(det_model, det_proc, sam_model, sam_proc)
         return self
 
@@ -364,6 +375,8 @@ class GroundedSam(Segmenter):
         self._det_model = det_model.to(device=device, dtype=self.det_dtype).eval()
         self._sam_model = sam_model.to(device=device, dtype=self.sam_dtype).eval()
         self._det_proc, self._sam_proc = det_proc, sam_proc
+        # SAM 2: multi-scale image embeddings, no reshaped input sizes
+        self._sam2 = getattr(getattr(sam_model, "config", None), "model_type", "sam") == "sam2"
         self._non_word_ids = non_word_token_ids(det_proc.tokenizer)
         params = inspect.signature(det_proc.post_process_grounded_object_detection).parameters
         # transformers renamed box_threshold -> threshold (4.47); accept either.
@@ -420,7 +433,7 @@ class GroundedSam(Segmenter):
         padded = [np.concatenate([flat[i], np.repeat(flat[i][:1], n_max - len(flat[i]), 0)], 0).tolist()
                   for i in sel]
         enc = proc(images=[images[i] for i in sel], input_boxes=padded, return_tensors="pt")
-        emb = model.get_image_embeddings(enc["pixel_values"].to(device=device, dtype=dtype))
+        emb = model.get_image_embeddings(enc["pixel_values"].to(device=device, dtype=dtype))  # SAM 2: a list
         for k, i in enumerate(sel):
             f = flat[i]
             owner = torch.as_tensor(np.concatenate([np.full(len(b), j) for j, b in enumerate(boxes[i])]),
@@ -430,11 +443,13 @@ class GroundedSam(Segmenter):
                 e = min(s + self.sam_box_chunk, len(f))
                 # boxes stay float32: SAM normalises them to [0, 1] before casting to its own dtype
                 prompt = enc["input_boxes"][k:k + 1, s:e].to(device=device, dtype=torch.float32)
-                out = model(image_embeddings=emb[k:k + 1], input_boxes=prompt,
-                            multimask_output=self.multimask)
+                image_emb = [e[k:k + 1] for e in emb] if self._sam2 else emb[k:k + 1]
+                out = model(image_embeddings=image_emb, input_boxes=prompt, multimask_output=self.multimask)
                 best = select_best_masks(out.pred_masks[0].float(), out.iou_scores[0].float())  # (n, h, w)
-                masks = proc.post_process_masks([best[:, None]], enc["original_sizes"][k:k + 1],
-                                                enc["reshaped_input_sizes"][k:k + 1])[0][:, 0]  # (n, H, W)
+                sizes = [enc["original_sizes"][k:k + 1]]
+                if not self._sam2:  # SAM 2's third argument is mask_threshold
+                    sizes.append(enc["reshaped_input_sizes"][k:k + 1])
+                masks = proc.post_process_masks([best[:, None]], *sizes)[0][:, 0]  # (n, H, W)
                 part = union_instances(masks.bool(), owner[s:e], len(boxes[i]))
                 union = part if union is None else union | part
             union = union.cpu().numpy()

@@ -20,12 +20,12 @@ def tiny_detector(words: list[str], seed: int = 0, num_queries: int = 12):
     """(GroundingDinoForObjectDetection, GroundingDinoProcessor) with random weights; the BERT vocabulary is
     the special tokens plus `words` (other words tokenise to [UNK]). Nothing is downloaded."""
     import torch
+    import transformers
     from transformers import (
         BertConfig,
         BertTokenizer,
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessorPil,
         GroundingDinoProcessor,
         SwinConfig,
     )
@@ -46,8 +46,9 @@ def tiny_detector(words: list[str], seed: int = 0, num_queries: int = 12):
                                  max_text_len=32)
     torch.manual_seed(seed)
     model = GroundingDinoForObjectDetection(config).eval()
-    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96})
-    return model, GroundingDinoProcessor(image_processor, tokenizer)
+    # transformers 5 names the torchvision-free processor ...Pil; 4.x (.venv-gsam) has only the plain one
+    image_processor = getattr(transformers, "GroundingDinoImageProcessorPil", transformers.GroundingDinoImageProcessor)
+    return model, GroundingDinoProcessor(image_processor(size={"shortest_edge": 64, "longest_edge": 96}), tokenizer)
 
 
 def tiny_sam(seed: int = 0):
@@ -56,9 +57,9 @@ def tiny_sam(seed: int = 0):
     The vision num_pos_feats must be half the prompt encoder hidden size (= vision output_channels),
     not half the vision hidden_size: the box embedding adds 2 * num_pos_feats features to point embeddings."""
     import torch
+    import transformers
     from transformers import (
         SamConfig,
-        SamImageProcessorPil,
         SamMaskDecoderConfig,
         SamModel,
         SamProcessor,
@@ -77,8 +78,39 @@ def tiny_sam(seed: int = 0):
     )
     torch.manual_seed(seed)
     model = SamModel(config).eval()
-    image_processor = SamImageProcessorPil(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})
-    return model, SamProcessor(image_processor)
+    image_processor = getattr(transformers, "SamImageProcessorPil", transformers.SamImageProcessor)  # as above
+    return model, SamProcessor(image_processor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}))
+
+
+def tiny_sam2(seed: int = 0):
+    """(Sam2Model, Sam2Processor) with random weights at 64 px: a 4-stage Hiera of 8-64 channels, feature maps
+    16, 8 and 4 px. SAM 2's image processor needs torchvision (present in .venv-gsam, not in .venv)."""
+    import torch
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2ImageProcessorFast,
+        Sam2MaskDecoderConfig,
+        Sam2Model,
+        Sam2Processor,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    # a global-attention block must not open a pooled stage (its window would be 0 after pooling)
+    hiera = Sam2HieraDetConfig(hidden_size=8, image_size=[64, 64], blocks_per_stage=[1, 1, 1, 2],
+                               embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
+                               window_size_per_stage=[4, 4, 4, 4], global_attention_blocks=[4],
+                               window_positional_embedding_background_size=[2, 2])
+    vision = Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[64, 32, 16, 8],
+                              backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=32)
+    config = Sam2Config(vision_config=vision,
+                        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, image_size=64, patch_size=16,
+                                                                      mask_input_channels=4),
+                        mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=32, num_hidden_layers=1,
+                                                                  num_attention_heads=2, iou_head_hidden_dim=16))
+    torch.manual_seed(seed)
+    return Sam2Model(config).eval(), Sam2Processor(Sam2ImageProcessorFast(size={"height": 64, "width": 64}))
 
 
 def tiny_grounded_sam(words: list[str], seed: int = 0, num_queries: int = 12, **kwargs) -> GroundedSam:

@@ -4,6 +4,7 @@ Nothing is downloaded: models are built from small configs, processors from a ha
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import sys
@@ -17,6 +18,7 @@ import pandas as pd
 import PIL.Image
 import pytest
 import torch
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -36,7 +38,7 @@ from bench.grounded_sam import (  # noqa: E402
     union_instances,
     word_to_phrase,
 )
-from bench.grounded_sam_tiny import tiny_detector, tiny_sam  # noqa: E402
+from bench.grounded_sam_tiny import tiny_detector, tiny_sam, tiny_sam2  # noqa: E402
 from bench.segment import WordMask  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "segmenter" / "grounded_sam.yaml"
@@ -423,3 +425,26 @@ def test_hydra_config_matches_constructor():
     gs = instantiate(cfg)
     assert isinstance(gs, GroundedSam) and not gs.loaded
     assert gs.detector == "IDEA-Research/grounding-dino-base" and gs.sam == "facebook/sam-vit-huge"
+
+
+@pytest.mark.skipif(not (importlib.util.find_spec("torchvision") and hasattr(transformers, "Sam2Model")),
+                    reason="SAM 2's image processor needs torchvision: runs in .venv-gsam (make test-gsam)")
+def test_sam2_masks_equal_its_own_full_forward(detector):
+    """segmenter.sam=<a SAM 2 checkpoint>: multi-scale embeddings per image, then the decoder per box chunk;
+    reference: the model's one-call forward from pixels, best mask by predicted IoU, post-processed."""
+    model, proc = tiny_sam2()
+    segmenter = GroundedSam.from_models(*detector, model, proc, device="cpu", progress=False, sam_box_chunk=1)
+    images = small_images()
+    boxes = [[np.array([[5, 5, 40, 30]], np.float32), np.array([[0, 0, 20, 20], [30, 10, 55, 39]], np.float32)],
+             [], [np.zeros((0, 4), np.float32)]]
+    with torch.inference_mode():
+        unions = segmenter._sam_union(images, boxes)
+        enc = proc(images=images[:1], input_boxes=[np.concatenate(boxes[0]).tolist()], return_tensors="pt")
+        out = model(pixel_values=enc["pixel_values"], input_boxes=enc["input_boxes"], multimask_output=True)
+    best = select_best_masks(out.pred_masks[0], out.iou_scores[0])
+    ref = proc.post_process_masks([best[:, None]], enc["original_sizes"])[0][:, 0].numpy()  # (3, H, W)
+    assert unions[1] == [] and unions[2] == [None]
+    assert np.array_equal(unions[0][0], ref[0]) and np.array_equal(unions[0][1], ref[1] | ref[2])
+    segmenter.box_threshold = segmenter.text_threshold = 0.0
+    result = segmenter.segment(images, [["cat"], ["dog"], ["sky"]])
+    assert all(wm.mask.shape == (im.height, im.width) for im, r in zip(images, result) for wm in r.values())
