@@ -34,6 +34,21 @@ def sweep(tmp_path_factory):
     return root
 
 
+def test_joblib_launcher_runs_jobs_in_processes_on_the_shared_cache(sweep):
+    """hydra/launcher=joblib_cpu for real: 2 local processes, nothing regenerated, one merged table."""
+    env = {**os.environ, "BENCH_CACHE_DIR": str(sweep / "cache"), "BENCH_RUNS_DIR": str(sweep / "runs")}
+    cmd = [sys.executable, "-m", "bench", "-m", *BASE, "report.figures=false", "hydra/launcher=joblib_cpu",
+           f"{BLOCKS}=[down],[up]", f"hydra.sweep.dir={sweep / 'joblib'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2,backend=loky" in proc.stdout + proc.stderr
+    jobs = job_dirs(sweep / "joblib")
+    stats = [json.loads((j / "stats.json").read_text()) for j in jobs]
+    assert len(jobs) == 2 and [s["generate"]["generated"] for s in stats] == [0, 0]
+    merged = pd.read_csv(sweep / "joblib" / "scores.csv")
+    assert sorted(merged[BLOCKS].unique()) == ["[down]", "[up]"]
+
+
 def test_sweep_generates_once_per_sample_and_merges(sweep, tiny):
     jobs = job_dirs(sweep / "sweep")
     assert len(jobs) == 4
