@@ -77,14 +77,18 @@ class Selective(Method):
     `relevance` (optional) replaces the run's source for this method, e.g. a random one as a control.
     """
 
-    def __init__(self, k: list | int | float | str, order: str = "top", blocks: list[str] | None = None,
-                 resolutions: list[int] | None = None, relevance: Relevance | None = None, name: str | None = None):
+    def __init__(self, k: list | int | float | str, order: str = "top", blocks: list[str] | str | None = None,
+                 resolutions: list[int] | int | None = None, relevance: Relevance | None = None,
+                 name: str | None = None):
+        """k: counts, fractions or percentages ("25%", "all"), one or a list; blocks: down / mid / up, one or a
+        list, None or "all" for every block; resolutions: map sides (32), one or a list, None for all."""
         if order not in ("top", "bottom"):
             raise ValueError(f"method order must be top or bottom, got {order!r}")
         self.k = [k] if isinstance(k, (int, float, str)) else list(k)
         self.order = order
-        self.blocks = list(blocks) if blocks else None
-        self.resolutions = list(resolutions) if resolutions else None
+        blocks = [blocks] if isinstance(blocks, str) else blocks
+        self.blocks = list(blocks) if blocks and blocks != ["all"] else None
+        self.resolutions = [resolutions] if isinstance(resolutions, int) else list(resolutions) if resolutions else None
         self.relevance = relevance
         self.name = name or ("selective" if order == "top" else "bottom_k")
 

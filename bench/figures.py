@@ -3,7 +3,7 @@
 - `fig_kcurve.png`: mIoU vs k for every k-curve method (95% CI band over prompts; a random relevance's curve
   drawn as a grey band), the DAAM line with its CI, and the point methods (selective k=...) at their k;
 - `fig_groups.png`: mIoU with its CI per (config, method, variant) at the reference tau: the per block /
-  resolution group bars of a sweep over `method.methods.selective.blocks` / `resolutions`;
+  resolution group bars of a sweep over `method.blocks` / `method.resolutions`;
 - `fig_tau.png`: mIoU vs tau per (config, method, variant);
 - `fig_overlays.png`: images with the reference mask and each method's heat map and mask (`collect_overlays`).
 """

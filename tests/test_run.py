@@ -147,3 +147,16 @@ def test_run_with_tiny_grounded_sam_counts_exclusions(tmp_path, monkeypatch):
     scores = pd.read_csv(tmp_path / "run" / "scores.csv")
     excluded = scores.drop_duplicates(["sample_id", "word"]).excluded
     assert (excluded == "no detection").sum() == reasons.count("no detection")  # counted, not scored as 0
+
+
+def test_sweep_shorthands_reach_selective_and_the_curves(monkeypatch):
+    """method.k / method.blocks (the issue's sweep syntax) set selective's k and the head group of every curve."""
+    monkeypatch.chdir(REPO)
+    for overrides, k, blocks in ((["method.k=10%", "method.blocks=down"], ["10%"], ["down"]),
+                                 (["method=kcurve", "method.k=[1,all]", "method.blocks=all"], [1, "all"], None),
+                                 (["experiment=smoke_sweep", "method.blocks=[mid,up]"],
+                                  ["5%", "10%", "20%", "25%", "50%"], ["mid", "up"])):
+        methods = {name: build(node) for name, node in cfg_for(overrides).method.methods.items()}
+        assert methods["selective"].k == k and methods["selective"].blocks == blocks
+        assert methods["bottom_k"].k == ["25%"]  # the shorthand is selective's only
+        assert all(m.blocks == blocks for name, m in methods.items() if name in ("kcurve", "random_k"))

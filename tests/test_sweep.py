@@ -19,7 +19,7 @@ from bench.sweep import job_dirs, job_overrides, report_dir
 
 BASE = ["dataset.limit=2", "dataset.seeds=[0]", "model.generation.steps=2", "model.generation.batch_size=1",
         "method=kcurve", "eval.tau=[0.3,0.5]", "relevance.draws=1"]
-BLOCKS = "method.methods.selective.blocks"
+BLOCKS = "method.blocks"
 
 
 @pytest.fixture(scope="module")
