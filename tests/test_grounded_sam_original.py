@@ -212,3 +212,25 @@ def test_boxes_and_masks_match_the_packages_own_predict(segmenter):
     predictor.set_image(np.asarray(image))
     masks, scores, _ = predictor.predict(box=box[0], multimask_output=True)
     assert union.shape == (h, w) and np.array_equal(union, masks[scores.argmax()])
+
+
+@needs_packages
+def test_whole_run_with_the_original_backend(files, segmenter, tmp_path, monkeypatch):
+    """segmenter=grounded_sam_original inside a run (tiny_sdxl, 2 samples): masks cached, header names it."""
+    import json
+
+    from test_run import cfg_for
+
+    from bench.run import run
+
+    monkeypatch.chdir(REPO)
+    cfg = cfg_for(["dataset.limit=2", "dataset.seeds=[0]", "model.generation.steps=2",
+                   "segmenter=grounded_sam_original", f"segmenter.groundingdino_checkpoint={files / 'gdino.pth'}",
+                   f"segmenter.sam_checkpoint={files / 'sam.pth'}",
+                   f"segmenter.groundingdino_config={files / 'tiny_gdino.py'}", "segmenter.sam_type=tiny",
+                   f"segmenter.text_encoder={files / 'bert'}", "segmenter.image_size=64", "segmenter.max_size=96",
+                   "segmenter.box_threshold=0", "segmenter.text_threshold=0", f"paths.cache={tmp_path / 'cache'}"])
+    run(cfg, tmp_path / "run")  # the `segmenter` fixture registered sam_type "tiny"
+    assert "pseudo ground truth: grounded_sam_original" in (tmp_path / "run" / "summary.md").read_text()
+    metas = [json.loads(f.read_text()) for f in (tmp_path / "cache").glob("segment/*/masks/*.json")]
+    assert len(metas) == 2 and all(m["reason"] is None and m["png"] for meta in metas for m in meta.values())
