@@ -147,29 +147,37 @@ class GroundedSamOriginal(GroundedSam):
     # -- the two model calls ---------------------------------------------------------------------------
 
     def _detect_pairs(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[Detections]:
-        """GroundingDINO on (image, phrase) pairs, one phrase per sample; all queries, no thresholds."""
+        """GroundingDINO on (image, phrase) pairs; all queries, no thresholds. One forward per distinct image
+        (its phrases batched): padding images of other sizes into one batch changes the released model's
+        boxes (its Swin backbone sees the padding), so images are never mixed."""
+        dets: list[Detections | None] = [None] * len(images)
+        by_image: dict[int, list[int]] = {}
+        for i, image in enumerate(images):
+            by_image.setdefault(id(image), []).append(i)
+        for pairs in by_image.values():
+            for i, det in zip(pairs, self._detect_one(images[pairs[0]], [phrases[i] for i in pairs])):
+                dets[i] = det
+        return dets
+
+    def _detect_one(self, image: PIL.Image.Image, phrases: list[str]) -> list[Detections]:
+        """GroundingDINO on one image with each phrase (a batch of identical images, no padding)."""
         import groundingdino.datasets.transforms as T
         import torch
-        from groundingdino.util.misc import nested_tensor_from_tensor_list
 
         model, device = self._det_model, self.torch_device
         to_input = T.Compose([T.RandomResize([self.image_size], max_size=self.max_size), T.ToTensor(),
                               T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # one size: deterministic
-        # (n, 3, H, W) zero-padded to the largest image, with the padding mask the model masks attention by
-        batch = nested_tensor_from_tensor_list([to_input(image, None)[0].to(device) for image in images])
-        out = model(batch, captions=list(phrases))
+        pixels = to_input(image, None)[0].to(device)  # (3, h, w)
+        out = model(pixels[None].expand(len(phrases), -1, -1, -1), captions=list(phrases))
         probs = out["pred_logits"].float().sigmoid()  # (n, q, max_text_len); 0 outside the phrase
         tokens = model.tokenizer(list(phrases), padding="longest", return_tensors="pt").to(device)
         box_scores, text_scores = query_scores(probs, tokens["input_ids"], tokens["attention_mask"],
                                                self._non_word_ids)
-        dets = []
-        for i, image in enumerate(images):
-            w, h = image.size
-            cx, cy, bw, bh = out["pred_boxes"][i].float().unbind(-1)  # (q,) each, relative to the image
-            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
-            boxes = (boxes * torch.tensor([w, h, w, h], device=boxes.device)).cpu().numpy()
-            dets.append(Detections.clipped(boxes, (w, h), box_scores[i], text_scores[i]))
-        return dets
+        w, h = image.size
+        cx, cy, bw, bh = out["pred_boxes"].float().unbind(-1)  # (n, q) each, relative to the image
+        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
+        boxes = (boxes * torch.tensor([w, h, w, h], device=boxes.device)).cpu().numpy()  # (n, q, 4) pixels
+        return [Detections.clipped(boxes[i], (w, h), box_scores[i], text_scores[i]) for i in range(len(phrases))]
 
     def _sam_union(self, images: list[PIL.Image.Image],
                    boxes: list[list[np.ndarray]]) -> list[list[np.ndarray | None]]:

@@ -234,3 +234,21 @@ def test_whole_run_with_the_original_backend(files, segmenter, tmp_path, monkeyp
     assert "pseudo ground truth: grounded_sam_original" in (tmp_path / "run" / "summary.md").read_text()
     metas = [json.loads(f.read_text()) for f in (tmp_path / "cache").glob("segment/*/masks/*.json")]
     assert len(metas) == 2 and all(m["reason"] is None and m["png"] for meta in metas for m in meta.values())
+
+
+@needs_packages
+def test_batching_does_not_change_detections(segmenter):
+    """A batch of (image, phrase) pairs, several phrases per image and images of different sizes, gives each
+    pair the boxes and scores of running it alone (images are never padded together)."""
+    import torch
+
+    image, other = small_images()[:2]
+    pairs = [(image, "cat."), (other, "dog."), (image, "teddy bear.")]
+    segmenter.load()
+    with torch.inference_mode():
+        together = segmenter._detect_pairs([im for im, _ in pairs], [p for _, p in pairs])
+        alone = [segmenter._detect_pairs([im], [p])[0] for im, p in pairs]
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+        np.testing.assert_allclose(a.box_scores, b.box_scores, atol=1e-5)
+        np.testing.assert_allclose(a.text_scores, b.text_scores, atol=1e-5)
