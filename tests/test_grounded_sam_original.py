@@ -162,6 +162,14 @@ def test_missing_checkpoint_is_one_line(files):
         segmenter.check_available()
     assert "\n" not in str(err.value) and "segmenter.groundingdino_checkpoint=" in str(err.value)
 
+    import torch  # a file that is not a checkpoint of this config: refused, not loaded as random weights
+
+    torch.save({"model": {}}, files / "empty.pth")
+    segmenter = GroundedSamOriginal(str(files / "empty.pth"), str(files / "sam.pth"),
+                                    groundingdino_config=str(files / "tiny_gdino.py"), text_encoder=str(files / "bert"))
+    with pytest.raises(ModelUnavailableError, match="matches only 0 of"):
+        segmenter.load()
+
 
 @needs_packages
 def test_loads_from_files_and_segments_every_word(segmenter):
