@@ -520,10 +520,13 @@ class PolysemyDiagnosis:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     """`python -m bench.hrv [overrides]`: computes (or reads from the cache) the configured HRV and prints
     the start token's share of the voting softmax per attn2 layer; returns that table."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from bench import USER_ERRORS
-    from bench.perf import compose_config
+    from bench.perf import CONF_DIR
     from bench.run import build
 
     parser = argparse.ArgumentParser(prog="python -m bench.hrv", description=main.__doc__.split("\n")[0])
@@ -535,7 +538,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if not any(o.startswith("relevance=") for o in overrides):
         overrides.insert(0, "relevance=hrv")
     try:
-        cfg = compose_config(overrides)
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # paths.cache reads hydra:runtime.cwd
         relevance = build(cfg.relevance)
         if not isinstance(relevance, HRVRelevance):
             raise ValueError(f"relevance={cfg.relevance._target_} has no start token: use relevance=hrv (or a preset "
