@@ -241,7 +241,7 @@ def load_probe(path: str | Path, limit: int | None = None) -> list[PromptRow]:
     if not path.exists():
         raise FileNotFoundError(f"probe prompt list {path} does not exist: set relevance.probe")
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
-    rows = [PromptRow(f"line{n:05d}", line, ()) for n, line in enumerate(lines, 1)]
+    rows = [PromptRow(f"line{n:05d}", line, (), {}) for n, line in enumerate(lines, 1)]
     return rows[:limit] if limit else rows
 
 

@@ -197,3 +197,38 @@ def test_top_k_ties_on_published_sdxl_vectors(k):
         kth = v[want[-1]]
         straddling += (v == kth).sum() > sum(v[h] == kth for h in want)  # a tie group cut by k
     assert straddling > 0  # the tie rule decides something here
+
+
+def test_upstream_preset_votes_at_every_pndm_call(tiny, tmp_path):
+    """relevance=hrv_upstream: HRV's SDXL settings; PNDM (skip_prk_steps) makes steps + 1 UNet calls and each
+    one votes; the model's scheduler and dtype come back afterwards; a .txt probe is one prompt a line."""
+    from bench.perf import compose_config
+    from bench.run import build
+
+    cfg = compose_config(["relevance=hrv_upstream"]).relevance
+    assert (cfg.steps, cfg.guidance_scale, cfg.scheduler, cfg.dtype, cfg.start_token) == (50, 7.5, "pndm",
+                                                                                          "float32", True)
+    probe = tmp_path / "prompts.txt"
+    probe.write_text("a photo of a tench.\n\nCityscape at night, highly detailed\n")
+    rel = build(compose_config(["relevance=hrv_upstream", f"relevance.probe={probe}", "relevance.steps=3",
+                                "relevance.batch_size=2"]).relevance)
+    assert [r.prompt for r in rel.probe] == ["a photo of a tench.", "Cityscape at night, highly detailed"]
+    scheduler = type(tiny.pipe.scheduler)
+    rel.prepare(tiny, str(tmp_path / "cache"), {"model": "tiny"}, [])
+    calls = torch.load(tmp_path / "cache" / "hrv" / rel.key / "hrv.pt", weights_only=False)["calls"]
+    np.testing.assert_array_equal(calls, 2 * (3 + 1))  # 2 prompts x 4 PNDM calls, every head
+    assert type(tiny.pipe.scheduler) is scheduler and tiny.unet.dtype == torch.float32
+    assert "pndm, float32" in rel.describe() and "start token in the softmax" in rel.describe()
+
+
+def test_variant_names_in_headers():
+    kwargs = dict(concepts="data/concepts/hrv_concepts.json", probe="data/prompts/hrv_probe.jsonl", steps=2,
+                  guidance_scale=5.0, probe_limit=2)
+    off = hrv.HRVRelevance(**kwargs, start_token=False)
+    word = hrv.HRVRelevance(**kwargs, level="word", start_token=False)
+    on = hrv.HRVRelevance(**kwargs)
+    assert (on.name, off.name, word.name) == ("hrv", "hrv_nostart", "hrv_word_nostart")
+    assert "no start token" in off.label() and "no start token" not in on.label()
+    assert "relevance.start_token=false" in off.describe() and "as upstream" in on.describe()
+    with pytest.raises(ValueError, match="start_token must be true or false"):
+        hrv.HRVRelevance(**kwargs, start_token="no")
