@@ -89,8 +89,7 @@ def _word_embeddings(model, words):
     return embeds, [len(model.tokenizer.encode(w)) for w in words]
 
 
-def _project_and_reference(model, concepts_path, probe, steps, guidance, batch_size, start_token, tmp_path,
-                           monkeypatch):
+def _project_and_reference(model, concepts_path, probe, steps, guidance, batch_size, start_token, tmp_path):
     """The project's hrv_stage (batched) with its word draws and noise seeds recorded, then the reference
     prompt by prompt (batch 1) on the same draws and seeds; returns the project's hrv.pt and the reference."""
     concepts = hrv.load_concepts(concepts_path)
@@ -99,18 +98,18 @@ def _project_and_reference(model, concepts_path, probe, steps, guidance, batch_s
 
     def sample(self, device):
         picked = real_sample(self, device)
-        draws.setdefault(id(self), []).append(picked.cpu())  # (B, C) per call
+        draws.setdefault(self, []).append(picked.cpu())  # (B, C) per call, per voter (one voter a batch)
         return picked
 
     def generate(self, prompts, seeds, *args):
         calls.append(list(zip(prompts, seeds)))
         return real_generate(self, prompts, seeds, *args)
 
-    monkeypatch.setattr(hrv.HeadVoter, "_sample", sample)
-    monkeypatch.setattr(type(model), "generate", generate)
     store = StageStore(tmp_path, "hrv", {"start_token": start_token}, [])
-    hrv.hrv_stage(model, probe, concepts, store, steps, guidance, batch_size, 0, start_token=start_token)
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hrv.HeadVoter, "_sample", sample)
+        mp.setattr(type(model), "generate", generate)
+        hrv.hrv_stage(model, probe, concepts, store, steps, guidance, batch_size, 0, start_token=start_token)
 
     words = [w for ws in concepts.values() for w in ws]
     embeds, len_tokens = _word_embeddings(model, words)
@@ -126,10 +125,10 @@ def _project_and_reference(model, concepts_path, probe, steps, guidance, batch_s
 
 
 @pytest.mark.parametrize("start_token", [True, False])
-def test_votes_equal_upstream_reference_tiny_sdxl(tiny, tmp_path, monkeypatch, start_token):
+def test_votes_equal_upstream_reference_tiny_sdxl(tiny, tmp_path, start_token):
     probe = load_prompt_set("data/prompts/hrv_probe.jsonl", 3)
     out, ref = _project_and_reference(tiny, "data/concepts/hrv_concepts.json", probe, 3, 5.0, 2, start_token,
-                                      tmp_path, monkeypatch)
+                                      tmp_path)
     assert out["votes"].sum() == len(tiny.head_index()) * 3 * 3  # every head, prompt and step voted once
     assert (out["votes"].sum(0) > 0).sum() >= 5  # many concepts win somewhere: the comparison means something
     np.testing.assert_array_equal(out["votes"], ref.votes)
@@ -138,13 +137,13 @@ def test_votes_equal_upstream_reference_tiny_sdxl(tiny, tmp_path, monkeypatch, s
         np.testing.assert_allclose(out["start_share"], ref.start_share / ref.calls, rtol=1e-5)
 
 
-def test_votes_equal_upstream_reference_shapes(tmp_path, monkeypatch):
+def test_votes_equal_upstream_reference_shapes(tmp_path):
     from bench.models import load_shapes
 
     model = load_shapes(str(SHAPES_MODEL))
     probe = load_prompt_set("data/prompts/shapes_probe.jsonl", 4)
     out, ref = _project_and_reference(model, "data/concepts/shapes_concepts.json", probe, 4, 2.0, 3, True,
-                                      tmp_path, monkeypatch)
+                                      tmp_path)
     assert out["votes"].sum() == len(model.head_index()) * 4 * 4
     assert (out["votes"].sum(0) > 0).all()
     np.testing.assert_array_equal(out["votes"], ref.votes)
