@@ -35,8 +35,10 @@ def test_relevance_vectors_normalisation():
     np.testing.assert_array_equal(got[2], np.zeros(4))  # no vote: zeros, as upstream's L1 normalisation leaves it
 
 
-def test_target_word_wins_equals_explicit_softmax():
-    """Word-level column: the 1+C-way competition, computed per word with an explicit softmax."""
+@pytest.mark.parametrize("with_start", [False, True])
+def test_target_word_wins_equals_explicit_softmax(with_start):
+    """Word-level column: the 1+C-way competition, computed per word with an explicit softmax (with a start
+    token in every softmax's normalisation, or without)."""
     g = torch.Generator().manual_seed(0)
     B, heads, hw, d, C, T, W, T2 = 2, 3, 5, 4, 3, 2, 4, 2
     q = torch.randn(B, heads, hw, d, generator=g)
@@ -46,17 +48,19 @@ def test_target_word_wins_equals_explicit_softmax():
     logits = (q @ k.transpose(-1, -2) * 0.5).masked_fill(~valid[:, None, None], float("-inf"))
     target_keys = torch.randn(W, T2, heads * d, generator=g) * torch.tensor([0.5, 1.0, 2.0, 3.0])[:, None, None]
     target_valid = torch.tensor([[True, True], [True, False], [True, True], [True, False]])
-    got = target_word_wins(q, logits, target_keys, target_valid, 0.5, n_tok)
+    start = torch.randn(B, heads, hw, 1, generator=g) * 3 if with_start else None
+    got = target_word_wins(q, logits, target_keys, target_valid, 0.5, n_tok, start)
     want = torch.zeros(B, heads, W, dtype=torch.bool)
     for b in range(B):
         for h in range(heads):
             for w in range(W):
                 kw = target_keys[w].view(T2, heads, d)[target_valid[w], h]  # (n_w, d)
                 lc = logits[b, h][:, valid[b]]  # (hw, n_c) concept tokens only
-                p = torch.softmax(torch.cat([lc, q[b, h] @ kw.T * 0.5], dim=-1), dim=-1).mean(0)  # over space
+                cols = [lc, q[b, h] @ kw.T * 0.5] + ([start[b, h]] if with_start else [])
+                p = torch.softmax(torch.cat(cols, dim=-1), dim=-1).mean(0)  # over space; start column last
                 seg = torch.repeat_interleave(torch.arange(C), valid[b].view(C, T).sum(-1))
                 concept = torch.stack([p[: len(seg)][seg == c].mean() for c in range(C)])
-                want[b, h, w] = p[len(seg):].mean() > concept.max()
+                want[b, h, w] = p[len(seg): len(seg) + int(target_valid[w].sum())].mean() > concept.max()
     assert torch.equal(got, want)
     assert want.any() and not want.all()  # both outcomes occur, so the comparison means something
 
