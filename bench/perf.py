@@ -37,11 +37,12 @@ from tqdm import tqdm
 
 from bench import USER_ERRORS
 from bench.capture import HeadMapCapture
-from bench.generate import Sample, capture_batch, make_samples
+from bench.generate import capture_batch
 from bench.heads import HeadIndex
 from bench.models import T2IModel
 from bench.prompts import load_prompt_set, token_positions
 from bench.run import build
+from bench.samples import Sample, make_samples
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GB = 1e9

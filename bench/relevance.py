@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
 from bench.cache import StageStore
-from bench.generate import EOT
 from bench.heads import HeadIndex
+from bench.samples import EOT
 from bench.score import heat_to_mask, iou, ious_over_taus, normalised_heat
 from bench.segment import load_word_masks
 

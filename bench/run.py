@@ -11,18 +11,18 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bench import USER_ERRORS
 from bench.cache import StageStore
-from bench.evaluate import KCurve, Selective, evaluate_stage, make_context
-from bench.figures import collect_overlays, write_figures
-from bench.generate import generate_stage, make_samples, shard
+from bench.evaluate import KCurve, Overlays, Selective, evaluate_stage
+from bench.figures import save_overlays, write_figures
+from bench.generate import generate_stage
 from bench.prompts import load_prompt_set, prompt_set_hash, token_positions
-from bench.report import compact, reference_tau, summarise, write_summary
+from bench.report import compact, summarise, write_summary
+from bench.samples import make_samples, shard
 from bench.segment import segment_stage
 
 
@@ -83,7 +83,9 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     mask_store = StageStore(cfg.paths.cache, "segment", seg_config, [gen_store.key])
     seg_stats = segment_stage(segmenter, samples, gen_store, mask_store)
 
-    table = evaluate_stage(samples, gen_store, mask_store, methods, relevance, cfg.eval.tau, cfg.eval.workers)
+    overlays = Overlays(samples)
+    table = evaluate_stage(samples, gen_store, mask_store, methods, relevance, cfg.eval.tau, cfg.eval.workers,
+                           overlays)
     table.to_csv(run_dir / "scores.csv", index=False)
     summary = summarise(table)
     labels = {m.name: (m.relevance or relevance).label() for m in methods
@@ -104,15 +106,14 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
                          "test segmenter, not from what the model drew.\n")
     write_summary(summary, run_dir, header)
     (run_dir / "header.json").write_text(json.dumps(header, indent=1))
-    overlays = collect_overlays(samples, gen_store, mask_store, methods, make_context(gen_store, relevance),
-                                reference_tau(summary))
-    torch.save(overlays, run_dir / "overlays.pt")
-    figures = write_figures(summary, run_dir, overlays=overlays) if cfg.report.figures else []
+    shown = {"items": overlays.items()}
+    save_overlays(shown, run_dir / "overlays.pkl")
+    figures = write_figures(summary, run_dir, overlays=shown) if cfg.report.figures else []
     for analysis in analyses:
         print(analysis(samples, gen_store, mask_store, relevance, cfg.eval.tau, run_dir))
     stats = {"generate": gen_stats, "segment": seg_stats, "relevance": relevance_stats,
              "wall_seconds": round(time.perf_counter() - t_start, 2)}
     (run_dir / "stats.json").write_text(json.dumps(stats, indent=1))
-    logger.log_results(run_dir, table, summary, figures, overlays)
+    logger.log_results(run_dir, table, summary, figures, shown)
     print(compact(summary, stats=stats, where=run_dir))
     return summary

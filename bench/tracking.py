@@ -81,8 +81,6 @@ class WandbLogger(Logger):
     def log_results(self, run_dir, table, summary, figures, overlays):
         import wandb
 
-        from bench.figures import overlay_masks
-
         curves = curve_methods(summary)
         for _, r in summary[~summary["method"].isin(curves)].iterrows():
             prefix = f"{r['method']}/{r['variant']}/tau={r['tau']:g}"
@@ -100,11 +98,12 @@ class WandbLogger(Logger):
         record.update({f"figures/{p.stem}": wandb.Image(str(p)) for p in figures})
         if overlays and overlays["items"]:
             record["overlays"] = [
-                wandb.Image(overlays["items"][i]["image"], caption=f"{overlays['items'][i]['title']} | {label}",
-                            masks={"reference": {"mask_data": overlays["items"][i]["ref"].astype(np.uint8),
+                wandb.Image(item["image"], caption=f"{item['title']} | {label}",
+                            masks={"reference": {"mask_data": item["ref"].astype(np.uint8),
                                                  "class_labels": {1: "reference"}},
-                                   "prediction": {"mask_data": mask.astype(np.uint8), "class_labels": {1: label}}})
-                for i, label, _, mask in overlay_masks(overlays)]
+                                   "prediction": {"mask_data": cell["mask"].astype(np.uint8),
+                                                  "class_labels": {1: label}}})
+                for item in overlays["items"] for label, cell in item["maps"].items()]
         self.run.log(record)
         for name in ("scores.csv", "summary.csv", "summary.md"):
             self.run.save(str(run_dir / name), base_path=str(run_dir), policy="now")

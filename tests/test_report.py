@@ -10,7 +10,7 @@ from conftest import FixedRelevance
 
 from bench.aggregate import resize_bicubic, top_k_curve, word_head_maps
 from bench.evaluate import Context, Daam, KCurve, Selective, long_table
-from bench.figures import groups_figure, kcurve_figure, write_figures
+from bench.figures import groups_figure, kcurve_figure, tau_figure, write_figures
 from bench.heads import HeadIndex, Layer
 from bench.report import compact, curve_methods, summarise, write_summary
 
@@ -201,8 +201,9 @@ def test_summary_files_compact_and_figures(tmp_path):
     np.testing.assert_allclose(sorted(b.get_width() for b in bars), sorted(points.mIoU))
 
     image = np.zeros((32, 32, 3), np.uint8)
-    overlays = {"tau": 0.4, "items": [{"title": "a s0: cat", "image": image, "ref": np.eye(32, dtype=bool),
-                                       "maps": {"daam all": np.random.rand(16, 16).astype(np.float32)}}]}
+    cell = {"heat": np.random.rand(16, 16).astype(np.float32), "mask": np.eye(32, dtype=bool), "tau": 0.4}
+    overlays = {"items": [{"title": "a s0: cat", "image": image, "ref": np.eye(32, dtype=bool),
+                           "maps": {"daam all": cell}}]}
     paths = write_figures(summary, tmp_path, overlays=overlays)
     assert [p.name for p in paths] == ["fig_kcurve.png", "fig_groups.png", "fig_tau.png", "fig_overlays.png"]
     for p in paths:
@@ -218,3 +219,39 @@ def test_daam_and_selective_share_the_method_protocol():
     heat = maps[torch.from_numpy(index.daam_mask(256))].mean(0).numpy()
     pred = (heat - heat.min()) / (heat.max() - heat.min() + 1e-8) > 0.4
     assert variants == ["all"] and ious[0, 0] == pytest.approx((pred & ref.numpy()).sum() / (pred | ref.numpy()).sum())
+
+
+def sweep_summary() -> pd.DataFrame:
+    """A merged sweep over relevance: DAAM's pairs are the same in the hrv and random jobs; the held-out oracle
+    is scored at its calibrated tau (0.5) only, and with one k."""
+    hrv = synthetic_table(n_prompts=8)
+    random = hrv.assign(iou=np.where(hrv.method == "daam", hrv.iou, hrv.iou - 0.1))
+    oracle = synthetic_table(n_prompts=8, taus=(0.5,), gain=0.2).query("variant != 'k=10'")
+    tables = [t.assign(relevance=name) for name, t in (("hrv", hrv), ("random", random), ("oracle", oracle))]
+    return summarise(pd.concat(tables, ignore_index=True), by=["relevance"])
+
+
+def test_single_tau_views_show_the_oracle_at_its_tau_and_daam_once():
+    summary = sweep_summary()
+    lines = compact(summary, ["relevance"]).splitlines()[1:]
+    daam = [ln for ln in lines if " daam all" in ln]
+    assert len(daam) == 2 and daam[0].lstrip().startswith("2 configs daam all")  # hrv and random: one line
+    assert daam[1].lstrip().startswith("relevance=oracle daam all tau=0.5")
+    oracle = [ln for ln in lines if ln.lstrip().startswith("relevance=oracle selective")]
+    assert len(oracle) == 1 and "selective k=20 tau=0.5" in oracle[0]
+    assert len(lines) == 2 + 2 * 2 + 1  # daam x2, hrv and random selective x2 each, oracle selective
+    labels = [t.get_text() for t in groups_figure(summary, ["relevance"]).axes[0].get_yticklabels()]
+    assert "relevance=oracle selective k=20 tau=0.5" in labels and len(labels) == 3 + 3 + 2
+
+
+def test_tau_figure_colours_one_method_alike_in_every_panel_with_one_legend():
+    summary = sweep_summary()
+    fig = tau_figure(summary, ["relevance"])
+    colours = {}
+    for ax in fig.axes:
+        for container in ax.containers:  # one errorbar per (method, variant)
+            colours.setdefault(container.get_label(), set()).add(container.lines[0].get_color())
+    assert set(colours) == {"daam all", "selective k=10", "selective k=20"}
+    assert all(len(c) == 1 for c in colours.values()) and len({c.pop() for c in colours.values()}) == 3
+    assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in fig.axes)
+    assert kcurve_figure(summary, ["relevance"]).axes[0].texts[0].get_text().startswith("no k-curve in this run")

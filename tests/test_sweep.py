@@ -123,3 +123,18 @@ def test_sweep_experiments_name_existing_keys(experiment, monkeypatch):
     for key in params:  # a typo in a swept key would fail only when the sweep starts
         assert OmegaConf.select(cfg, key, default=missing) is not missing, key
     assert "kcurve" in cfg.method.methods and "random_k" in cfg.method.methods
+
+
+def test_reporting_imports_no_model_code():
+    """`bench.sweep`, `bench.report` and `bench.figures` read stored results only: no diffusers, transformers or
+    torch, and importing them takes under 3 s (it took 16.5 s when they pulled in the generate stage). CPU
+    seconds of the process, so that other jobs loading the machine do not stretch the measure (1.1 s of CPU was
+    4.0 s of wall time at load average 7.7 on 2 cores; 2.4 s wall when idle)."""
+    code = ("import sys, time; t = time.process_time(); import bench.sweep, bench.report, bench.figures; "
+            "print(time.process_time() - t); print(*sorted({m.split('.')[0] for m in sys.modules}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seconds, modules = proc.stdout.splitlines()
+    assert not {"diffusers", "transformers", "torch"} & set(modules.split())
+    assert float(seconds) < 3.0

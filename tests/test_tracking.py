@@ -24,8 +24,9 @@ def test_wandb_offline_run_holds_config_summary_and_tables(tmp_path, monkeypatch
     summary.to_csv(tmp_path / "summary.csv", index=False)
     (tmp_path / "summary.md").write_text("# test\n")
     image = np.zeros((32, 32, 3), np.uint8)
-    overlays = {"tau": 0.4, "items": [{"title": "p1 s0: w0", "image": image, "ref": np.eye(32, dtype=bool),
-                                       "maps": {"daam all": np.random.rand(16, 16).astype(np.float32)}}]}
+    cell = {"heat": np.random.rand(16, 16).astype(np.float32), "mask": np.eye(32, dtype=bool), "tau": 0.4}
+    overlays = {"items": [{"title": "p1 s0: w0", "image": image, "ref": np.eye(32, dtype=bool),
+                           "maps": {"daam all": cell}}]}
     figures = write_figures(summary, tmp_path, overlays=overlays)
     cfg = OmegaConf.create({"title": "tracking test", "eval": {"tau": 0.4}, "size": "${eval.tau}"})
     logger = WandbLogger(project="bench-test", tags=["test"])
