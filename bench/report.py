@@ -28,6 +28,12 @@ import pandas as pd
 #: the long IoU table's columns (one row per sample, word, method, variant and tau; `evaluate` writes it)
 COLUMNS = ["sample_id", "prompt_id", "seed", "tau", "word", "method", "variant", "n_heads", "iou", "excluded"]
 CURVE_MIN_VARIANTS = 10
+
+
+def read_scores(path: Path) -> pd.DataFrame:
+    """A stored long table (scores.csv); `excluded` read as text (it is empty for most rows, which made pandas
+    guess a type per chunk and warn)."""
+    return pd.read_csv(path, dtype={"excluded": object, "variant": object})
 KEYS = ["method", "variant", "tau"]
 
 
@@ -247,12 +253,12 @@ def compact(summary: pd.DataFrame, by: list[str] = (), stats: dict | None = None
     tau = reference_tau(summary["tau"])
     rows = single_tau_rows(summary, by)
     curves = curve_methods(summary, by)
-    lines = [f"summary at tau={tau}, other taus where a row has none at it (a held-out oracle's calibrated tau) "
-             "(mIoU [95% CI over prompts]; Δ paired vs daam [CI], Wilcoxon p; n pairs):"]
+    lines = [f"summary at tau={tau}; a row scored only at other taus (a held-out oracle's calibrated tau) at its "
+             "own (mIoU [95% CI over prompts]; Δ paired vs daam [CI], Wilcoxon p; n pairs):"]
     for label, r in _once(rows[~rows["method"].isin(curves)], by):
-        at = "" if np.isclose(r["tau"], tau) else f" tau={r['tau']:g}"
-        text = f"  {label} {r['method']} {r['variant']}{at}".ljust(40) + f" {r['mIoU']:.4f} " \
-               f"{_interval(r['ci95_lo'], r['ci95_hi'])}"
+        at = "" if np.isclose(r["tau"], tau) else f"tau={r['tau']:g}"
+        name = " ".join(p for p in (label, r["method"], r["variant"], at) if p)
+        text = f"  {name}".ljust(40) + f" {r['mIoU']:.4f} {_interval(r['ci95_lo'], r['ci95_hi'])}"
         if not pd.isna(r.get("diff_vs_daam", np.nan)):
             text += (f"  Δ {r['diff_vs_daam']:+.4f} {_interval(r['diff_ci95_lo'], r['diff_ci95_hi'])} "
                      f"p={_num(r['p_wilcoxon'], '{:.3g}')}")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from bench.figures import load_overlays, save_overlays, write_figures
-from bench.report import COLUMNS, compact, config_label, summarise, write_summary
+from bench.report import COLUMNS, compact, config_label, read_scores, summarise, write_summary
 
 NOT_GROUPED = {"shard", "dataset.seeds", "eval.tau"}
 DEFAULT = "(default)"  # a column's value for jobs that did not override that key
@@ -54,7 +54,7 @@ def merge_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     keys = list(dict.fromkeys(k for o in overrides for k in o))
     tables = []
     for job, over in zip(tqdm(jobs, desc="merge jobs", unit="job"), overrides):
-        table = pd.read_csv(job / "scores.csv")
+        table = read_scores(job / "scores.csv")
         for i, key in enumerate(keys):
             table.insert(i, key, over.get(key, DEFAULT))
         tables.append(table)
@@ -68,7 +68,7 @@ def report_dir(path: Path, figures: bool = True) -> pd.DataFrame:
     """Merge a sweep directory (or re-report one run directory) into scores.csv, summary.* and fig_*.png there."""
     path = Path(path)
     if (path / "scores.csv").exists() and not job_dirs(path):
-        table, by, jobs = pd.read_csv(path / "scores.csv"), [], [path]
+        table, by, jobs = read_scores(path / "scores.csv"), [], [path]
     else:
         table, by = merge_jobs(path)
         jobs = job_dirs(path)

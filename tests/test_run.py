@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import REPO
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -79,6 +80,10 @@ def test_end_to_end_then_rerun_recomputes_nothing(tmp_path, monkeypatch):
     assert "These numbers only check the pipeline" in md
     first = json.loads((tmp_path / "run1" / "stats.json").read_text())
     assert first["generate"]["generated"] == 3 and first["generate"]["bytes_per_sample"] > 0
+    prov = first["provenance"]  # what produced the numbers, also in the header
+    assert prov["dtype"] == "torch.float32" and prov["device"]["type"] == "cpu"
+    assert prov["versions"]["torch"] == torch.__version__ and set(prov["git"]) == {"commit", "dirty"}
+    assert f"- provenance: git {prov['git']['commit'][:12]}" in md and "- prompts: data/smoke/prompts.jsonl (" in md
 
     calls = []
     import bench.models
@@ -99,6 +104,15 @@ def test_cli_bad_word_fails_in_one_line_before_generation(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: 1 word(s) not found in their prompt's tokens (fix the prompt set): a: 'dog' in 'a cat'")
     assert not list((tmp_path).glob("**/samples/*.pt"))
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # no empty run folder
+
+
+def test_help_names_the_first_run_the_paper_setting_and_a_sweep():
+    proc = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for line in ("make smoke", "make bench", "experiment=paper_sdxl", "-m method.k=", "relevance: hrv, hrv_file"):
+        assert line in proc.stdout
 
 
 def test_image_mode_scores_given_images(tiny, tmp_path, monkeypatch):

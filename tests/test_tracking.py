@@ -16,7 +16,7 @@ from bench.run import build
 from bench.tracking import Logger, WandbLogger
 
 
-def test_wandb_offline_run_holds_config_summary_and_tables(tmp_path, monkeypatch):
+def test_wandb_offline_run_holds_config_summary_and_tables(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     table = synthetic_table(n_prompts=6, taus=(0.4,))
     summary = summarise(table)
@@ -31,9 +31,13 @@ def test_wandb_offline_run_holds_config_summary_and_tables(tmp_path, monkeypatch
     cfg = OmegaConf.create({"title": "tracking test", "eval": {"tau": 0.4}, "size": "${eval.tau}"})
     logger = WandbLogger(project="bench-test", tags=["test"])
     with logger.session(cfg, tmp_path):
-        logger.log_results(tmp_path, table, summary, figures, overlays)
+        logger.log_results(tmp_path, table, summary, figures, overlays, {"git": {"commit": "abc123", "dirty": False}})
     assert wandb.run is None and logger.run is None  # finished
     run_dir, = (tmp_path / "wandb").glob("offline-run-*")
+    out = capsys.readouterr()
+    last = out.out.strip().splitlines()[-1]
+    assert last == f"W&B run stored offline in {run_dir}; upload it with: wandb sync {run_dir}"
+    assert "Symlinked" not in out.out + out.err
     files = run_dir / "files"
     assert OmegaConf.load(files / "config_resolved.yaml") == {"title": "tracking test", "eval": {"tau": 0.4},
                                                               "size": 0.4}
@@ -49,6 +53,7 @@ def test_wandb_offline_run_holds_config_summary_and_tables(tmp_path, monkeypatch
     while b"daam/all/tau=0.4/mIoU" not in log.read_bytes() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert b"tracking test" in log.read_bytes() and b"daam/all/tau=0.4/mIoU" in log.read_bytes()
+    assert b"abc123" in log.read_bytes()  # provenance in the config
 
 
 def test_wandb_run_is_finished_when_a_stage_fails(tmp_path, monkeypatch):
