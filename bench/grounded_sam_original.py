@@ -3,7 +3,7 @@
 The same recipe and post-processing as `bench.grounded_sam.GroundedSam` (one query per word, inclusive
 box/text thresholds with the text score over the word's own tokens, SAM's best mask per box, union per
 word, exclusions "no detection" / "empty mask"); only the two model calls differ, so the two backends can
-be compared mask for mask (`bench.grounded_sam.score_masks`). Checkpoints are local files (the released
+be compared mask for mask (`tests/mask_agreement.py`). Checkpoints are local files (the released
 `groundingdino_swint_ogc.pth` and `sam_vit_h_4b8939.pth`); the BERT text encoder is a Hugging Face id or a
 local folder.
 
