@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FixedRelevance
+from helpers import FixedRelevance
 
 from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, running_sum_, top_k_curve
 from bench.evaluate import Context, Daam, Selective

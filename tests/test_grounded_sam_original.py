@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures_segment import WORDS, small_images  # noqa: E402
@@ -227,7 +227,7 @@ def test_whole_run_with_the_original_backend(files, segmenter, tmp_path, monkeyp
     """segmenter=grounded_sam_original inside a run (tiny_sdxl, 2 samples): masks cached, header names it."""
     import json
 
-    from test_run import cfg_for
+    from helpers import cfg_for
 
     from bench.run import run
 

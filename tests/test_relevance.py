@@ -7,11 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, SHARED_REFERENCE
 from diffusers import UNet2DConditionModel
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
+from helpers import REPO, SHARED_REFERENCE, cfg_for
 
 import bench.relevance
 from bench.aggregate import ranked_heads, word_head_maps
@@ -118,13 +115,6 @@ def test_prompt_folds_keep_seeds_together():
     with pytest.raises(ValueError, match="2 <= folds <= number of prompts"):
         prompt_folds(ids, 8)
 
-
-def cfg_for(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def open_store(path: Path) -> StageStore:

@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from conftest import FixedRelevance
+from helpers import FixedRelevance
 
 from bench.aggregate import resize_bicubic, top_k_curve, word_head_maps
 from bench.evaluate import Context, Daam, KCurve, Selective, long_table

@@ -10,10 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
+from helpers import REPO, cfg_for
+from omegaconf import OmegaConf
 
 from bench import ModelUnavailableError
 from bench.run import build, run
@@ -23,13 +21,6 @@ GROUPS = ["model", "dataset", "segmenter", "relevance", "method", "eval", "logge
 OFFLINE_MODELS = {"tiny_sdxl", "shapes"}  # shapes: the shipped checkpoint in data/shapes/model
 FULL_SIZE_RANDOM = {"sdxl_random"}  # built offline but 2.6B parameters: composed here, run by `make perf`
 
-
-def cfg_for(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def options(group: str) -> list[str]:
@@ -67,6 +58,17 @@ def test_experiments_compose(experiment, monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = cfg_for([f"experiment={experiment}"])
     assert cfg.title
+
+
+@pytest.mark.parametrize("experiment", ["paper_sdxl_sweep", "selective_vs_daam", "top_vs_bottom_k", "polysemy"])
+def test_sdxl_experiments_build_on_the_paper_setting(experiment, monkeypatch):
+    """They name paper_sdxl in their defaults instead of repeating its overrides, and compose to its model,
+    generation and pseudo ground truth."""
+    monkeypatch.chdir(REPO)
+    defaults = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").defaults
+    assert defaults[0] == "paper_sdxl" and not any("/model" in str(d) or "/segmenter" in str(d) for d in defaults)
+    paper, cfg = cfg_for(["experiment=paper_sdxl"]), cfg_for([f"experiment={experiment}"])
+    assert cfg.model == paper.model and cfg.segmenter == paper.segmenter
 
 
 def test_end_to_end_then_rerun_recomputes_nothing(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 
 from bench.evaluate import CentredDisc, Context, OtherWord
 from bench.shapes.evalset import write_eval_set

@@ -9,10 +9,9 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO, cfg_for
 from hydra.utils import get_class
 from omegaconf import OmegaConf
-from test_run import cfg_for
 
 from bench.run import run
 from bench.sweep import job_dirs, job_overrides, report_dir

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 import wandb
-from conftest import REPO
+from helpers import REPO
 from omegaconf import OmegaConf
 from test_report import synthetic_table
 
