@@ -137,3 +137,23 @@ def test_reporting_imports_no_model_code():
     seconds, modules = proc.stdout.splitlines()
     assert not {"diffusers", "transformers", "torch"} & set(modules.split())
     assert float(seconds) < 3.0
+
+
+def test_submitit_local_launcher_jobs_share_the_cache_and_merge_like_one_process(sweep):
+    """hydra/launcher=submitit_local for real (the submitit_slurm plugin's local sibling: each job a submitit
+    process): on the cache the one-process sweep filled nothing is regenerated, and the merged table is that
+    sweep's, row for row."""
+    env = {**os.environ, "BENCH_CACHE_DIR": str(sweep / "cache"), "BENCH_RUNS_DIR": str(sweep / "runs")}
+    cmd = [sys.executable, "-m", "bench", "-m", *BASE, "report.figures=false", "hydra/launcher=submitit_local",
+           "hydra.launcher.timeout_min=15", "hydra.launcher.cpus_per_task=1", "shard=0/2,1/2",
+           f"{BLOCKS}=[down],[up]", f"hydra.sweep.dir={sweep / 'submitit'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((sweep / "submitit" / ".submitit").glob("*/*_submitted.pkl"))  # launched through submitit
+    jobs = job_dirs(sweep / "submitit")
+    stats = [json.loads((j / "stats.json").read_text()) for j in jobs]
+    assert len(jobs) == 4 and [s["generate"]["generated"] for s in stats] == [0, 0, 0, 0]
+    key = [BLOCKS, "sample_id", "word", "method", "variant", "tau"]
+    launched = pd.read_csv(sweep / "submitit" / "scores.csv").sort_values(key).reset_index(drop=True)
+    one_process = pd.read_csv(sweep / "sweep" / "scores.csv").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(launched, one_process)
