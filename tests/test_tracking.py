@@ -6,9 +6,8 @@ import time
 import numpy as np
 import pytest
 import wandb
-from helpers import REPO
+from helpers import REPO, synthetic_table
 from omegaconf import OmegaConf
-from test_report import synthetic_table
 
 from bench.figures import write_figures
 from bench.report import summarise
