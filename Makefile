@@ -4,12 +4,13 @@ PY_SYS ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-EXP ?= shapes_image shapes_generated
+SHAPES_EXP := shapes_image shapes_generated
+EXP ?= $(SHAPES_EXP)
 DIR ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-gsam test-slow smoke bench train-shapes report bench-kcurve lint clean-cache perf gpu-wheels gpu-check
+.PHONY: help setup test test-gsam test-slow smoke run bench train-shapes report bench-kcurve lint clean-cache perf gpu-wheels gpu-check
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,11 +46,14 @@ test-gsam: $(GSAM_PY)  ## build .venv-gsam (groundingdino-py + segment-anything 
 test-slow:  ## the slower end-to-end checks
 	$(PY) -m pytest -q -m slow
 
-smoke:  ## tiny_sdxl, 6 prompts x 2 seeds, CPU, offline: checks the whole pipeline, prints the summary
+smoke:  ## tiny_sdxl, 6 prompts x 2 seeds, CPU, offline: checks the whole pipeline (its numbers mean nothing)
+	$(PY) -m bench experiment=smoke $(ARGS)
+
+run:  ## python -m bench in the venv, e.g. make run ARGS="experiment=shapes_image relevance=oracle"; ARGS=--help lists the options
 	$(PY) -m bench $(ARGS)
 
 bench:  ## full sweep of each experiment in EXP (default: the shapes world, both modes; offline, CPU) -> results/runs/multirun_*/
-	@echo "make bench: experiments [$(EXP)] (the offline shapes world by default); the SDXL paper setting: make bench EXP=paper_sdxl_sweep on a GPU"
+	@echo "make bench: experiments [$(EXP)]$(if $(filter-out $(SHAPES_EXP),$(EXP)),, (the offline shapes world, both modes: about 4-5 min on an idle 2-core CPU, longer under load)); the SDXL paper setting: make bench EXP=paper_sdxl_sweep on a GPU"
 	@for exp in $(EXP); do $(PY) -m bench -m experiment=$$exp $(ARGS) || exit 1; done
 
 SHAPES_STEPS ?= 8000

@@ -1,5 +1,7 @@
 """Selective aggregation vs DAAM: a benchmark harness for cross-attention heat maps."""
 
+import logging
+
 CODE_VERSION = "1"  # bump when a stage's stored output changes meaning; it is part of every cache key
 
 
@@ -9,3 +11,14 @@ class ModelUnavailableError(RuntimeError):
 
 #: errors caused by the user's input or environment: the CLI prints their one-line message, no traceback
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModelUnavailableError)
+
+
+class _NoTorchvisionFallbackNotice(logging.Filter):
+    """transformers warns on every run without torchvision that the CLIP / SigLIP image processors diffusers
+    imports fall back to their PIL versions; the harness never uses them, so the notice is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed); falling back" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionFallbackNotice())

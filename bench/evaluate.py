@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from omegaconf import ListConfig
@@ -19,13 +20,12 @@ from tqdm import tqdm
 
 from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, top_k_chunks, top_k_curve, word_head_maps
 from bench.cache import StageStore
-from bench.generate import EOT
 from bench.heads import HeadIndex
 from bench.relevance import Relevance
-from bench.score import iou, ious_over_taus, minmax_, normalised_heat
+from bench.report import COLUMNS, reference_tau
+from bench.samples import EOT
+from bench.score import heat_to_mask, iou, ious_over_taus, minmax_, normalised_heat
 from bench.segment import load_word_masks
-
-COLUMNS = ["sample_id", "prompt_id", "seed", "tau", "word", "method", "variant", "n_heads", "iou", "excluded"]
 
 
 @dataclass
@@ -223,6 +223,49 @@ def load_sample(sample, gen_store: StageStore, mask_store: StageStore, ctx: Cont
     return ctx, {w: masks[w] for w in stored["words"] if w != EOT}
 
 
+class Overlays:
+    """What fig_overlays draws, recorded while scoring (so a held-out oracle fold shows the heads chosen for it):
+    for up to `n` samples spread over the run that have a word with a reference mask, the image (at most
+    `max_side` px), that word's reference mask and every point method's heat map (k-curves left out) with its
+    mask at the reference tau of the taus it was scored at (a fold's calibrated tau)."""
+
+    def __init__(self, samples: list, n: int = 4, max_side: int = 256):
+        self.candidates = [s.id for s in samples[:: max(1, len(samples) // n)]]
+        self.n, self.max_side = n, max_side
+        self.recorded: dict[str, dict] = {}  # sample id -> item
+
+    def record(self, samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
+               ctx: Context, taus: list[float]) -> None:
+        """Add the maps of `methods` (ranked by ctx.relevance) for the candidates among `samples`; a label
+        already recorded (the same method in another random draw) is kept from its first part."""
+        tau = reference_tau(taus)
+        for sample in (s for s in samples if s.id in self.candidates):
+            sample_ctx, masks = load_sample(sample, gen_store, mask_store, ctx)
+            word = next((w for w, m in masks.items() if m.mask is not None), None)
+            if word is None:
+                continue
+            item = self.recorded.get(sample.id) or self._item(sample, gen_store, word, masks[word].mask)
+            self.recorded[sample.id] = item
+            for method in methods:
+                if isinstance(method, KCurve):
+                    continue
+                for variant, (_, heat) in method.heat_maps(sample_ctx.word_maps[word], word, sample_ctx).items():
+                    item["maps"].setdefault(f"{method.name} {variant}", {  # heat (s, s), mask (h, w) at the image size
+                        "heat": heat.numpy(), "mask": heat_to_mask(heat, item["ref"].shape, tau).numpy(), "tau": tau})
+
+    def _item(self, sample, gen_store: StageStore, word: str, ref: np.ndarray) -> dict:
+        image = PIL.Image.open(gen_store.file(f"images/{sample.id}.png")).convert("RGB")
+        image.thumbnail((self.max_side, self.max_side))
+        ref = PIL.Image.fromarray(ref).resize(image.size, PIL.Image.NEAREST)
+        return {"sample_id": sample.id, "word": word, "title": f"{sample.row.id} s{sample.seed}: {word}",
+                "image": np.asarray(image), "ref": np.asarray(ref), "maps": {}}
+
+    def items(self) -> list[dict]:
+        """The recorded items in sample order, at most n: {sample_id, word, title, image (h, w, 3), ref (h, w),
+        maps: {label: {heat (s, s), mask (h, w), tau}}}."""
+        return [self.recorded[i] for i in self.candidates if i in self.recorded][: self.n]
+
+
 def score_sample(sample, gen_store: StageStore, mask_store: StageStore, methods: list[Method], ctx: Context,
                  taus: list[float]) -> list[dict]:
     """Blocks of long-table rows of one sample: one per (word, method, tau), variants as arrays."""
@@ -254,7 +297,8 @@ def long_table(blocks: list[dict]) -> pd.DataFrame:
 
 
 def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
-                   relevance: Relevance | None, tau: float | list[float], workers: int = 1) -> pd.DataFrame:
+                   relevance: Relevance | None, tau: float | list[float], workers: int = 1,
+                   overlays: Overlays | None = None) -> pd.DataFrame:
     """Score every (sample, word) with every method variant at every tau; returns the long table.
 
     `workers` threads score samples in parallel, one torch thread each (the tensor and numpy work releases
@@ -263,22 +307,32 @@ def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore,
     A relevance source may split the scoring (`Relevance.parts`): held-out folds of the oracle (each
     sample scored once, with the relevance and tau chosen without it; rows get a `fold` column) or draws
     of the random control (methods ranking by the run's relevance scored once per draw, rows get `draw`).
+    `overlays` records fig_overlays' maps with each part's relevance and tau.
     """
     taus = [float(t) for t in tau] if isinstance(tau, (list, tuple, ListConfig)) else [float(tau)]
     parts = relevance.parts(samples, gen_store, mask_store, taus) if relevance is not None else []
     if all(part.split is None for part in parts):
+        _record(overlays, samples, gen_store, mask_store, methods, relevance, taus)
         return _score(samples, gen_store, mask_store, methods, relevance, taus, workers)
     tables = []
     if parts[0].split == "draw":
         fixed = [m for m in methods if not m.uses_run_relevance]
+        _record(overlays, samples, gen_store, mask_store, fixed, relevance, taus)
         tables.append(_score(samples, gen_store, mask_store, fixed, relevance, taus, workers))
         methods = [m for m in methods if m.uses_run_relevance]
     for part in parts:
+        _record(overlays, part.samples, gen_store, mask_store, methods, part.relevance, part.taus)
         table = _score(part.samples, gen_store, mask_store, methods, part.relevance, part.taus, workers,
                        f"aggregate+score ({part.split} {part.index})")
         tables.append(table.assign(**{part.split: part.index}))
     tables = [t for t in tables if len(t)]
     return pd.concat(tables, ignore_index=True) if tables else long_table([])
+
+
+def _record(overlays: Overlays | None, samples: list, gen_store: StageStore, mask_store: StageStore,
+            methods: list[Method], relevance: Relevance | None, taus: list[float]) -> None:
+    if overlays is not None and methods:
+        overlays.record(samples, gen_store, mask_store, methods, make_context(gen_store, relevance), taus)
 
 
 def _score(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],

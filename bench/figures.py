@@ -5,23 +5,23 @@
 - `fig_groups.png`: mIoU with its CI per (config, method, variant) at the reference tau: the per block /
   resolution group bars of a sweep over `method.blocks` / `method.resolutions`;
 - `fig_tau.png`: mIoU vs tau per (config, method, variant);
-- `fig_overlays.png`: images with the reference mask and each method's heat map and mask (`collect_overlays`).
+- `fig_overlays.png`: images with the reference mask and each method's heat map and mask, as the scoring
+  stage recorded them (`evaluate.Overlays`, stored as `overlays.pkl`).
+
+Figures draw only from stored results (a summary, stored overlays): this module imports no model code.
 """
 
 from __future__ import annotations
 
+import pickle
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import PIL.Image
-import torch
 from matplotlib.figure import Figure
 
-from bench.cache import StageStore
-from bench.evaluate import Context, KCurve, Method, load_sample
-from bench.report import config_label, curve_methods, reference_tau
-from bench.score import heat_to_mask
+from bench.report import config_label, curve_methods, reference_tau, single_tau_rows
 
 
 def write_figures(summary: pd.DataFrame, out_dir: Path, by: list[str] = (), overlays: dict | None = None) -> list[Path]:
@@ -56,20 +56,38 @@ def _panels(summary: pd.DataFrame, by: list[str], height: float = 3.8) -> tuple[
     return fig, [(ax, config_label(rows.iloc[0], by), rows) for ax, (_, rows) in zip(axes, groups)]
 
 
-def _colours(summary: pd.DataFrame) -> dict[str, str]:
-    """One colour per method, the same in every panel (DAAM black, random controls grey)."""
-    palette = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"] * 4)
-    return {m: "black" if m == "daam" else "grey" if "random" in m else next(palette)
-            for m in summary["method"].unique()}
+def _colours(labels) -> dict[str, str]:
+    """One colour per label (a method, or "method variant"), the same in every panel: DAAM black, a random
+    control grey, the others from one palette in order of first appearance."""
+    palette = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                    "tab:olive", "tab:cyan"] * 4)
+    return {m: "black" if m.startswith("daam") else "grey" if "random" in m else next(palette)
+            for m in dict.fromkeys(labels)}
+
+
+def _legend(fig: Figure, axes: list) -> None:
+    """One legend for all panels, right of them (labels from every panel, each once)."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize=7)
 
 
 def kcurve_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure:
     """mIoU vs k at the reference tau, one panel per config: each k-curve with its 95% CI band (a random
-    relevance's curve as a grey band), the DAAM line and band, point methods (selective k=...) with CI bars."""
+    relevance's curve as a grey band), the DAAM line and band, point methods (selective k=...) with CI bars.
+    Without a k-curve (method=kcurve) it says so instead of drawing a few points that would read as a curve."""
     by = list(by)
     curves = curve_methods(summary, by)
-    tau = reference_tau(summary)
-    colours = _colours(summary)
+    if not curves:
+        fig = Figure(figsize=(5, 2))
+        _placeholder(fig.subplots(), "no k-curve in this run: method=kcurve scores every k (fig_groups shows the "
+                                     "point methods)")
+        return fig
+    tau = reference_tau(summary["tau"])
+    colours = _colours(summary["method"])
     fig, panels = _panels(summary[np.isclose(summary["tau"], tau)], by)
     for ax, label, rows in panels:
         for method, grp in rows[rows["method"].isin(curves)].groupby("method", sort=False):
@@ -80,29 +98,29 @@ def kcurve_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure:
             ax.plot(grp["n_heads"], grp["mIoU"], color=colours[method], lw=1.2, ls="--" if random else "-",
                     label=f"{method} (band: 95% CI)")
         for _, r in rows[rows["method"] == "daam"].iterrows():
-            ax.axhline(r["mIoU"], color="black", ls=":", lw=1.2, label=f"DAAM ({r['n_heads']} heads)")
+            ax.axhline(r["mIoU"], color="black", ls=":", lw=1.2, label="DAAM (its heads; band: 95% CI)")
             ax.axhspan(r["ci95_lo"], r["ci95_hi"], color="black", alpha=0.06)
         for method, grp in rows[~rows["method"].isin(curves) & (rows["method"] != "daam")].groupby("method",
                                                                                                     sort=False):
             ax.errorbar(grp["n_heads"], grp["mIoU"], fmt="o", ms=4, capsize=2, color=colours[method], label=method,
                         yerr=np.nan_to_num(np.vstack([grp["mIoU"] - grp["ci95_lo"], grp["ci95_hi"] - grp["mIoU"]])))
-        if not curves:
-            ax.text(0.5, 0.02, "no k-curve in this run (method=kcurve adds every k)", transform=ax.transAxes,
-                    ha="center", fontsize=7)
         ax.set_xlabel("k (heads averaged)")
         ax.set_title(f"{label} tau={tau:g}".strip(), fontsize=9)
         ax.grid(alpha=0.3)
         ax.set_ylabel("mIoU (95% CI over prompts)")
-    panels[0][0].legend(fontsize=7)
+    _legend(fig, [ax for ax, _, _ in panels])
     return fig
 
 
 def groups_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure:
-    """Horizontal bars: mIoU with its CI per (config, method, variant) at the reference tau."""
+    """Horizontal bars: mIoU with its CI per (config, method, variant) at the reference tau (at its own tau for a
+    row that has none there: a held-out oracle's calibrated tau)."""
     by = list(by)
-    tau = reference_tau(summary)
-    rows = summary[np.isclose(summary["tau"], tau) & ~summary["method"].isin(curve_methods(summary, by))]
-    labels = [_label(r, by, r["method"], r["variant"]) for _, r in rows.iterrows()]
+    tau = reference_tau(summary["tau"])
+    rows = single_tau_rows(summary, by)
+    rows = rows[~rows["method"].isin(curve_methods(summary, by))]
+    labels = [_label(r, by, r["method"], r["variant"], "" if np.isclose(r["tau"], tau) else f"tau={r['tau']:g}")
+              for _, r in rows.iterrows()]
     fig = Figure(figsize=(7, 1 + 0.32 * max(len(rows), 1)))
     ax = fig.subplots()
     if rows.empty:
@@ -110,11 +128,12 @@ def groups_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure:
         return fig
     y = np.arange(len(rows))
     err = np.vstack([rows["mIoU"] - rows["ci95_lo"], rows["ci95_hi"] - rows["mIoU"]])
-    colors = ["black" if m == "daam" else "tab:blue" if m == "selective" else "tab:orange" for m in rows["method"]]
-    ax.barh(y, rows["mIoU"], xerr=np.nan_to_num(err), color=colors, alpha=0.7, capsize=2)
+    colours = _colours(summary["method"])
+    ax.barh(y, rows["mIoU"], xerr=np.nan_to_num(err), color=[colours[m] for m in rows["method"]], alpha=0.7,
+            capsize=2)
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"mIoU at tau = {tau:g} (95% CI over prompts)")
+    ax.set_xlabel(f"mIoU at tau = {tau:g}, else at the tau shown (95% CI over prompts)")
     ax.set_title("per config / block / resolution group")
     ax.grid(axis="x", alpha=0.3)
     return fig
@@ -129,59 +148,29 @@ def tau_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure:
         _placeholder(fig.subplots(), "no point method (daam / selective) in this run")
         return fig
     fig, panels = _panels(rows, by)
+    colours = _colours(rows["method"] + " " + rows["variant"])
     for ax, label, grp_rows in panels:
         for (method, variant), grp in grp_rows.groupby(["method", "variant"], sort=False):
             grp = grp.sort_values("tau")
             ax.errorbar(grp["tau"], grp["mIoU"], marker="o", ms=3, capsize=2, lw=1,
-                        color="black" if method == "daam" else None, label=f"{method} {variant}",
+                        color=colours[f"{method} {variant}"], label=f"{method} {variant}",
                         yerr=np.nan_to_num(np.vstack([grp["mIoU"] - grp["ci95_lo"], grp["ci95_hi"] - grp["mIoU"]])))
         ax.set_xlabel("tau (threshold on the min-max normalised heat map)")
         ax.set_ylabel("mIoU (95% CI over prompts)")
         ax.set_title(f"tau sensitivity {label}".strip(), fontsize=9)
         ax.grid(alpha=0.3)
-    panels[0][0].legend(fontsize=6)
+    _legend(fig, [ax for ax, _, _ in panels])
     return fig
 
 
-def collect_overlays(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
-                     ctx: Context, tau: float, n: int = 4, max_side: int = 256) -> dict:
-    """Up to n (sample, word) pairs with a reference mask, spread over `samples`: the image (at most
-    `max_side` px), the reference mask at that size and every point method's heat map (k-curves left out)."""
-    items = []
-    for sample in samples[:: max(1, len(samples) // n)]:
-        if len(items) == n:
-            break
-        sample_ctx, masks = load_sample(sample, gen_store, mask_store, ctx)
-        word = next((w for w, m in masks.items() if m.mask is not None), None)
-        if word is None:
-            continue
-        maps = {}
-        for method in methods:
-            if isinstance(method, KCurve):
-                continue
-            try:
-                heat_maps = method.heat_maps(sample_ctx.word_maps[word], word, sample_ctx)
-            except RuntimeError:  # a relevance that exists per held-out fold only (oracle): not shown
-                continue
-            maps.update({f"{method.name} {variant}": heat.numpy() for variant, (_, heat) in heat_maps.items()})
-        image = PIL.Image.open(gen_store.file(f"images/{sample.id}.png")).convert("RGB")
-        image.thumbnail((max_side, max_side))
-        ref = PIL.Image.fromarray(masks[word].mask).resize(image.size, PIL.Image.NEAREST)
-        items.append({"title": f"{sample.row.id} s{sample.seed}: {word}", "image": np.asarray(image),
-                      "ref": np.asarray(ref), "maps": maps})
-    return {"tau": tau, "items": items}
+def save_overlays(overlays: dict, path: Path) -> None:
+    """Write {"items": `evaluate.Overlays.items()`} (numpy arrays and strings) as a pickle."""
+    Path(path).write_bytes(pickle.dumps(overlays))
 
 
-def overlay_masks(overlays: dict) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
-    """(item index, method label, heat map at the image size, predicted mask) for every overlay cell."""
-    cells = []
-    for i, item in enumerate(overlays["items"]):
-        hw = item["image"].shape[:2]
-        for label, heat in item["maps"].items():
-            heat = torch.from_numpy(heat)
-            big = torch.nn.functional.interpolate(heat[None, None], size=hw, mode="bicubic")[0, 0].numpy()
-            cells.append((i, label, big, heat_to_mask(heat, hw, overlays["tau"]).numpy()))
-    return cells
+def load_overlays(path: Path) -> dict | None:
+    """{"items": [...]} as `save_overlays` wrote it; None when the run stored none."""
+    return pickle.loads(Path(path).read_bytes()) if Path(path).exists() else None
 
 
 def overlay_figure(overlays: dict | None) -> Figure:
@@ -190,23 +179,28 @@ def overlay_figure(overlays: dict | None) -> Figure:
         fig = Figure(figsize=(4, 2))
         _placeholder(fig.subplots(), "no scored pair with a reference mask to show")
         return fig
-    cells = overlay_masks(overlays)
-    labels = list(dict.fromkeys(label for _, label, _, _ in cells))
     items = overlays["items"]
-    fig = Figure(figsize=(2.2 * (1 + len(labels)), 2.3 * len(items)))
+    labels = list(dict.fromkeys(label for item in items for label in item["maps"]))
+    fig = Figure(figsize=(2.4 * (1 + len(labels)), 2.6 * len(items)), layout="constrained")
     axes = fig.subplots(len(items), 1 + len(labels), squeeze=False)
-    for i, item in enumerate(items):
-        axes[i, 0].imshow(item["image"])
-        axes[i, 0].contour(item["ref"], levels=[0.5], colors="lime", linewidths=1)
-        axes[i, 0].set_title(f"{item['title']}\nreference (green)", fontsize=6)
-    for i, label, heat, mask in cells:
-        item, j = items[i], 1 + labels.index(label)
-        axes[i, j].imshow(item["image"])
-        axes[i, j].imshow(heat, cmap="jet", alpha=0.45)
-        if mask.any():
-            axes[i, j].contour(mask, levels=[0.5], colors="white", linewidths=1)
-        axes[i, j].contour(item["ref"], levels=[0.5], colors="lime", linewidths=0.6)
-        axes[i, j].set_title(f"{label}\nmask > {overlays['tau']:g} (white)", fontsize=6)
     for ax in axes.flat:
         ax.set_axis_off()
+    for i, item in enumerate(items):
+        h, w = item["ref"].shape
+        axes[i, 0].imshow(item["image"])
+        axes[i, 0].contour(item["ref"], levels=[0.5], colors="lime", linewidths=1)
+        axes[i, 0].set_title(f"{_wrap(item['title'])}\nreference (green)", fontsize=6)
+        for label, cell in item["maps"].items():
+            ax = axes[i, 1 + labels.index(label)]
+            ax.imshow(item["image"])
+            ax.imshow(cell["heat"], cmap="jet", alpha=0.45, interpolation="bicubic", extent=(0, w, h, 0))
+            if cell["mask"].any():
+                ax.contour(cell["mask"], levels=[0.5], colors="white", linewidths=1)
+            ax.contour(item["ref"], levels=[0.5], colors="lime", linewidths=0.6)
+            ax.set_title(f"{_wrap(label)}\nmask > {cell['tau']:g} (white)", fontsize=6)
     return fig
+
+
+def _wrap(label: str, width: int = 24) -> str:
+    """A column title broken into lines of about `width` characters, so neighbouring titles do not overlap."""
+    return textwrap.fill(label, width, break_long_words=False)

@@ -5,8 +5,10 @@ queried with the word alone (lower-cased, ending in "." as GroundingDINO expects
 `box_threshold` and `text_threshold` are prompted to SAM, each box keeps SAM's best mask (highest predicted
 IoU) and the word's mask is the union over its boxes, at the image's original resolution.
 
-Everything runs through transformers (`GroundingDinoForObjectDetection`, `SamModel` and their processors);
-torchvision is not needed.
+`GroundedSam` is the recipe; the models are a backend with two calls, `detect` (GroundingDINO's raw
+detections for (image, phrase) pairs) and `segment` (SAM's masks for boxes, OR-ed per word):
+`TransformersGrounding` here (`GroundingDinoForObjectDetection`, `SamModel` and their processors; torchvision
+is not needed), `bench.grounded_sam_original.OriginalGrounding` (groundingdino-py + segment-anything).
 
 Design choices
 --------------
@@ -35,9 +37,9 @@ Design choices
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import types
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,74 +133,6 @@ def make_word_mask(union: np.ndarray | None, boxes: np.ndarray, scores: np.ndarr
     return WordMask(mask=np.asarray(union, dtype=bool), boxes=boxes, scores=scores)
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float | None:
-    """IoU of two boolean masks of the same shape; None when both are empty (IoU undefined)."""
-    a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
-    union = int(np.logical_or(a, b).sum())
-    if union == 0:
-        return None
-    return int(np.logical_and(a, b).sum()) / union
-
-
-def score_masks(pred: list[dict[str, WordMask]], ref: list[dict[str, WordMask]]):
-    """Per (image, word) IoU of `pred` against `ref` (e.g. pseudo ground truth vs exact masks).
-
-    One row per pair present in either side: image, word, iou (NaN when excluded), reason (missing, i.e.
-    None/NaN, when scored; otherwise why the pair is excluded: "pred: <reason>", "ref: <reason>",
-    "pred: missing", "both masks empty", joined by "; "), pred_area, ref_area (pixels, NaN without a mask).
-    Masks of a pair must have the same shape (ValueError otherwise)."""
-    import pandas as pd
-
-    if len(pred) != len(ref):
-        raise ValueError(f"{len(pred)} predicted images vs {len(ref)} reference images")
-    rows = []
-    for i, (p_img, r_img) in enumerate(zip(pred, ref)):
-        words = list(p_img) + [w for w in r_img if w not in p_img]
-        for word in words:
-            p, r = p_img.get(word), r_img.get(word)
-            reasons = []
-            if p is None:
-                reasons.append("pred: missing")
-            elif p.reason is not None:
-                reasons.append(f"pred: {p.reason}")
-            if r is None:
-                reasons.append("ref: missing")
-            elif r.reason is not None:
-                reasons.append(f"ref: {r.reason}")
-            p_mask = p.mask if p is not None else None
-            r_mask = r.mask if r is not None else None
-            iou = math.nan
-            if not reasons:
-                value = mask_iou(p_mask, r_mask)
-                if value is None:
-                    reasons.append("both masks empty")
-                else:
-                    iou = value
-            rows.append({
-                "image": i, "word": word, "iou": iou, "reason": "; ".join(reasons) if reasons else None,
-                "pred_area": int(p_mask.sum()) if p_mask is not None else math.nan,
-                "ref_area": int(r_mask.sum()) if r_mask is not None else math.nan,
-            })
-    return pd.DataFrame(rows, columns=["image", "word", "iou", "reason", "pred_area", "ref_area"])
-
-
-def summarise_mask_agreement(df) -> dict:
-    """Mean IoU over scored pairs, how many were scored, and how many were excluded, by reason."""
-    scored = df[df["reason"].isna()]
-    excluded = df[df["reason"].notna()]
-    return {
-        "mean_iou": float(scored["iou"].mean()) if len(scored) else math.nan,
-        "median_iou": float(scored["iou"].median()) if len(scored) else math.nan,
-        "n": int(len(scored)),
-        "n_pairs": int(len(df)),
-        "n_excluded": int(len(excluded)),
-        "excluded": {str(k): int(v) for k, v in excluded["reason"].value_counts().sort_index().items()},
-    }
-
-
 # --------------------------------------------------------------------------------------------------------
 # model loading
 
@@ -206,6 +140,11 @@ def summarise_mask_agreement(df) -> dict:
 def _env_offline() -> bool:
     return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_offline(local_files_only: bool | None) -> bool:
+    """A backend's `local_files_only`: None -> True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set."""
+    return _env_offline() if local_files_only is None else bool(local_files_only)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -218,13 +157,13 @@ def unavailable_error(kind: str, name: str, key: str, local_only: bool, err: Bas
         path = os.path.expanduser(name)
         what = ("does not exist" if not os.path.exists(path)
                 else f"could not be loaded ({type(err).__name__}: {first})")
-        return ModelUnavailableError(f"{kind} local copy '{name}' {what}: set segmenter.{key}= to a folder saved with "
-                            f"save_pretrained (config.json + weights) or to a Hugging Face model id")
+        return ModelUnavailableError(f"{kind} local copy '{name}' {what}: set segmenter.backend.{key}= to a folder "
+                                     "saved with save_pretrained (config.json + weights) or to a Hugging Face model id")
     where = ("the hub is not used (offline mode / local_files_only)" if local_only
              else f"the hub is unreachable or refused it ({type(err).__name__}: {first})")
     return ModelUnavailableError(f"{kind} '{name}' is not in the local Hugging Face cache and {where}: download it "
                         f"on a machine with network (hf download {name}) or set "
-                        f"segmenter.{key}=/path/to/local/copy")
+                        f"segmenter.backend.{key}=/path/to/local/copy")
 
 
 @dataclass
@@ -245,55 +184,74 @@ class Detections:
         return cls(boxes, box_scores.cpu().numpy(), text_scores.cpu().numpy())
 
 
-class GroundedSam(Segmenter):
-    """GroundingDINO boxes per word -> SAM masks -> union per word, via transformers."""
+class GroundingBackend(ABC):
+    """The two model calls of the recipe and their loading: GroundingDINO's raw detections for (image, phrase)
+    pairs and SAM's masks for boxes. `GroundedSam` applies the same recipe over any backend."""
+
+    #: what the recipe's segmenter is called in tables (`segmenter.name`)
+    name: str = "grounded_sam"
+
+    @abstractmethod
+    def check_available(self) -> None:
+        """Cheap pre-flight (no weights): one-line ModelUnavailableError naming the fix when a part is missing."""
+
+    @property
+    @abstractmethod
+    def loaded(self) -> bool:
+        """Whether the models are loaded."""
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the models (idempotent)."""
+
+    @abstractmethod
+    def detect(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[Detections]:
+        """GroundingDINO on (image, phrase) pairs, one phrase per pair: all queries, no thresholds."""
+
+    @abstractmethod
+    def segment(self, images: list[PIL.Image.Image], boxes: list[list[np.ndarray]]) -> list[list[np.ndarray | None]]:
+        """SAM's best mask per box, OR-ed per word: boxes[i][j] (n, 4) xyxy pixels of word j in image i ->
+        [i][j] bool (H, W), or None when word j of image i has no box."""
+
+
+class TransformersGrounding(GroundingBackend):
+    """GroundingDINO and SAM (or SAM 2) through transformers: `segmenter=grounded_sam`."""
 
     name = "grounded_sam"
-    meaningful = True
 
-    def __init__(self, detector: str = "IDEA-Research/grounding-dino-base",
-                 sam: str = "facebook/sam-vit-huge",
-                 box_threshold: float = 0.35, text_threshold: float = 0.25, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 4, local_files_only: bool | None = None,
-                 detector_dtype: str = "float32", multimask: bool = True, sam_box_chunk: int = 64,
-                 progress: bool = True) -> None:
+    def __init__(self, detector: str = "IDEA-Research/grounding-dino-base", sam: str = "facebook/sam-vit-huge",
+                 device: str = "auto", dtype: str = "auto", detector_dtype: str = "float32",
+                 local_files_only: bool | None = None, multimask: bool = True, sam_box_chunk: int = 64) -> None:
         """
         detector / sam: Hugging Face model ids or local folders (save_pretrained layout). `sam` may be a SAM 2
             checkpoint (model_type "sam2", e.g. facebook/sam2.1-hiera-large) where transformers has Sam2Model;
             its image processor needs torchvision (.venv-gsam has it).
-        box_threshold / text_threshold: inclusive GroundingDINO thresholds (Grounded-SAM defaults).
         device: "auto" (cuda if available, else cpu) or a torch device string.
         dtype: SAM's dtype: "auto" (float16 on CUDA, float32 otherwise), "float32", "float16", "bfloat16".
-        batch_size: images per SAM image-encoder batch and (image, word) pairs per detector batch.
         local_files_only: never touch the network; None -> True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE)
             is set.
         detector_dtype: GroundingDINO's dtype, float32 by default (see the module docstring).
         multimask: ask SAM for its 3 candidate masks per box and keep the best by predicted IoU (True), or
             take its single-mask output (False, what the Grounded-SAM demo does).
         sam_box_chunk: boxes per SAM mask-decoder call (bounds memory when thresholds let many boxes through).
-        progress: show a tqdm bar over images.
         """
-        if batch_size < 1 or sam_box_chunk < 1:
-            raise ValueError("batch_size and sam_box_chunk must be >= 1")
+        if sam_box_chunk < 1:
+            raise ValueError("segmenter.backend.sam_box_chunk must be >= 1")
         for value in (dtype, detector_dtype):
             resolve_dtype(value, resolve_device("cpu"))  # one-line ValueError for an unknown name
         self.detector = str(detector)
         self.sam = str(sam)
-        self.box_threshold = float(box_threshold)
-        self.text_threshold = float(text_threshold)
         self.device = device
         self.dtype = dtype
         self.detector_dtype = detector_dtype
-        self.batch_size = int(batch_size)
         self.local_files_only = local_files_only
         self.multimask = bool(multimask)
         self.sam_box_chunk = int(sam_box_chunk)
-        self.progress = bool(progress)
         self._det_model = self._det_proc = self._sam_model = self._sam_proc = None
 
     @classmethod
     def from_models(cls, detector_model, detector_processor, sam_model, sam_processor,
-                    **kwargs) -> "GroundedSam":
+                    **kwargs) -> "TransformersGrounding":
         """Wrap already-built models/processors (tests, notebooks); kwargs are constructor arguments.
 
         The models are moved to the resolved device and dtypes like loaded ones."""
@@ -320,16 +278,11 @@ class GroundedSam(Segmenter):
     def det_dtype(self):
         return self._torch_dtype(self.detector_dtype)
 
-    def _local_only(self) -> bool:
-        return _env_offline() if self.local_files_only is None else bool(self.local_files_only)
-
     def check_available(self) -> None:
-        """Cheap pre-flight: resolve both models' configs (no weights); one-line ModelUnavailableError if missing."""
-        if self.loaded:
-            return
+        """Resolve both models' configs (no weights)."""
         from transformers import AutoConfig
 
-        local_only = self._local_only()
+        local_only = hub_offline(self.local_files_only)
         for kind, name, key in (("GroundingDINO", self.detector, "detector"), ("SAM", self.sam, "sam")):
             try:
                 AutoConfig.from_pretrained(os.path.expanduser(name), local_files_only=local_only)
@@ -340,14 +293,14 @@ class GroundedSam(Segmenter):
     def loaded(self) -> bool:
         return self._det_model is not None
 
-    def load(self) -> "GroundedSam":
+    def load(self) -> None:
         """Load both models and processors (idempotent); called by the first `segment`."""
         if self.loaded:
-            return self
+            return
         import transformers
         from transformers import AutoConfig, AutoProcessor, GroundingDinoForObjectDetection
 
-        local_only = self._local_only()
+        local_only = hub_offline(self.local_files_only)
 
         def get(kind, name, key, loader):
             try:
@@ -359,16 +312,15 @@ class GroundedSam(Segmenter):
         det_model = get("GroundingDINO", self.detector, "detector", GroundingDinoForObjectDetection)
         sam2 = get("SAM", self.sam, "sam", AutoConfig).model_type == "sam2"
         if sam2 and not hasattr(transformers, "Sam2Model"):
-            raise ModelUnavailableError(f"segmenter.sam={self.sam} is SAM 2, which transformers "
+            raise ModelUnavailableError(f"segmenter.backend.sam={self.sam} is SAM 2, which transformers "
                                         f"{transformers.__version__} does not have: upgrade transformers")
         try:
             sam_proc = get("SAM", self.sam, "sam", transformers.Sam2Processor if sam2 else transformers.SamProcessor)
         except ImportError as err:  # SAM 2's image processor needs torchvision
-            raise ModelUnavailableError(f"segmenter.sam={self.sam}: {' '.join(str(err).split())[:160]} "
+            raise ModelUnavailableError(f"segmenter.backend.sam={self.sam}: {' '.join(str(err).split())[:160]} "
                                         "(.venv-gsam has torchvision: make test-gsam)") from None
         sam_model = get("SAM", self.sam, "sam", transformers.Sam2Model if sam2 else transformers.SamModel)
         self._install(det_model, det_proc, sam_model, sam_proc)
-        return self
 
     def _install(self, det_model, det_proc, sam_model, sam_proc) -> None:
         device = self.torch_device
@@ -382,10 +334,10 @@ class GroundedSam(Segmenter):
         # transformers renamed box_threshold -> threshold (4.47); accept either.
         self._threshold_kw = "threshold" if "threshold" in params else "box_threshold"
 
-    # -- detection -----------------------------------------------------------------------------------
+    # -- the two model calls -----------------------------------------------------------------------------------
 
-    def _detect_pairs(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[Detections]:
-        """GroundingDINO on (image, phrase) pairs, one phrase per sample; all queries, no thresholds."""
+    def detect(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[Detections]:
+        """One forward for the pairs (images padded together, one phrase per sample)."""
 
         proc, model, device = self._det_proc, self._det_model, self.torch_device
         inputs = proc(images=images, text=list(phrases), return_tensors="pt", padding="longest")
@@ -411,14 +363,8 @@ class GroundedSam(Segmenter):
             dets.append(Detections.clipped(boxes.float().cpu().numpy(), (w, h), box_scores[i], text_scores[i]))
         return dets
 
-    # -- segmentation ------------------------------------------------------------------------------
-
-    def _sam_union(self, images: list[PIL.Image.Image],
-                   boxes: list[list[np.ndarray]]) -> list[list[np.ndarray | None]]:
-        """SAM masks for each image's boxes, OR-ed per word.
-
-        boxes[i][j]: (n, 4) xyxy pixels of word j in image i.
-        Returns [i][j]: bool (H, W), or None when word j of image i has no box."""
+    def segment(self, images: list[PIL.Image.Image], boxes: list[list[np.ndarray]]) -> list[list[np.ndarray | None]]:
+        """One SAM image-encoder batch for the images with a box, then the decoder per chunk of boxes."""
         import torch
 
         proc, model, device, dtype = self._sam_proc, self._sam_model, self.torch_device, self.sam_dtype
@@ -458,6 +404,34 @@ class GroundedSam(Segmenter):
                     result[i][j] = union[j]
         return result
 
+
+class GroundedSam(Segmenter):
+    """The Grounded-SAM recipe over a backend: GroundingDINO boxes per word (one query per word, inclusive box
+    and text thresholds) -> SAM masks -> union per word, with exclusions for words without a box or mask."""
+
+    meaningful = True
+
+    def __init__(self, backend: GroundingBackend, box_threshold: float = 0.35, text_threshold: float = 0.25,
+                 batch_size: int = 4, progress: bool = True) -> None:
+        """
+        backend: the models (`TransformersGrounding`, `bench.grounded_sam_original.OriginalGrounding`).
+        box_threshold / text_threshold: inclusive GroundingDINO thresholds (Grounded-SAM defaults).
+        batch_size: images per SAM batch and (image, word) pairs per detector batch.
+        progress: show a tqdm bar over images.
+        """
+        if batch_size < 1:
+            raise ValueError("segmenter.batch_size must be >= 1")
+        self.backend = backend
+        self.name = backend.name
+        self.box_threshold = float(box_threshold)
+        self.text_threshold = float(text_threshold)
+        self.batch_size = int(batch_size)
+        self.progress = bool(progress)
+
+    def check_available(self) -> None:
+        if not self.backend.loaded:
+            self.backend.check_available()
+
     def segment(self, images: list[PIL.Image.Image], words: list[list[str]],
                 records: list[dict] | None = None) -> list[dict[str, WordMask]]:
         """For each image, {word: WordMask} with the union of SAM masks of the word's GroundingDINO boxes."""
@@ -469,7 +443,7 @@ class GroundedSam(Segmenter):
         out: list[dict[str, WordMask]] = [{} for _ in images]
         if not images:
             return out
-        self.load()
+        self.backend.load()
         with torch.inference_mode(), tqdm(total=len(images), desc="grounded-sam", unit="img",
                                           disable=not self.progress) as bar:
             for start in range(0, len(images), self.batch_size):
@@ -495,12 +469,12 @@ class GroundedSam(Segmenter):
         kept: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         for s in range(0, len(pairs), self.batch_size):
             chunk = pairs[s:s + self.batch_size]
-            dets = self._detect_pairs([images[b] for b, _ in chunk], [phrases[b][j] for b, j in chunk])
+            dets = self.backend.detect([images[b] for b, _ in chunk], [phrases[b][j] for b, j in chunk])
             for pair, d in zip(chunk, dets):
                 kept[pair] = filter_detections(d.boxes, d.box_scores, d.text_scores,
                                                self.box_threshold, self.text_threshold)
         boxes = [[kept[(b, j)][0] for j in range(len(ps))] for b, ps in enumerate(phrases)]
-        unions = self._sam_union(images, boxes)
+        unions = self.backend.segment(images, boxes)
         for b, ws in enumerate(words):
             for w in ws:
                 p = word_to_phrase(w)

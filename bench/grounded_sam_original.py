@@ -1,9 +1,10 @@
-"""Grounded-SAM with the original packages: groundingdino-py (GroundingDINO) + segment-anything (SAM).
+"""Grounded-SAM's backend with the original packages: groundingdino-py (GroundingDINO) + segment-anything (SAM).
 
-The same recipe and post-processing as `bench.grounded_sam.GroundedSam` (one query per word, inclusive
-box/text thresholds with the text score over the word's own tokens, SAM's best mask per box, union per
-word, exclusions "no detection" / "empty mask"); only the two model calls differ, so the two backends can
-be compared mask for mask (`bench.grounded_sam.score_masks`). Checkpoints are local files (the released
+`GroundedSam(OriginalGrounding(...))` is the same recipe and post-processing as `segmenter=grounded_sam`
+(`bench.grounded_sam.GroundedSam`: one query per word, inclusive box/text thresholds with the text score
+over the word's own tokens, SAM's best mask per box, union per word, exclusions "no detection" / "empty
+mask"); only the backend's two model calls (`detect`, `segment`) differ, so the two can be compared mask for
+mask (`tests/mask_agreement.py`). Checkpoints are local files (the released
 `groundingdino_swint_ogc.pth` and `sam_vit_h_4b8939.pth`); the BERT text encoder is a Hugging Face id or a
 local folder.
 
@@ -21,9 +22,11 @@ import numpy as np
 import PIL.Image
 
 from bench import ModelUnavailableError
+from bench.devices import resolve_device
 from bench.grounded_sam import (
     Detections,
-    GroundedSam,
+    GroundingBackend,
+    hub_offline,
     non_word_token_ids,
     query_scores,
     select_best_masks,
@@ -34,16 +37,16 @@ from bench.grounded_sam import (
 ENV_FIX = "run `make test-gsam` (builds .venv-gsam) and use .venv-gsam/bin/python -m bench"
 
 
-class GroundedSamOriginal(GroundedSam):
-    """GroundingDINO (groundingdino-py) boxes per word -> SAM (segment-anything) masks -> union per word."""
+class OriginalGrounding(GroundingBackend):
+    """GroundingDINO (groundingdino-py) and SAM (segment-anything) from local checkpoints: the backend of
+    `segmenter=grounded_sam_original`."""
 
     name = "grounded_sam_original"
 
     def __init__(self, groundingdino_checkpoint: str, sam_checkpoint: str,
                  groundingdino_config: str = "GroundingDINO_SwinT_OGC.py", sam_type: str = "vit_h",
                  text_encoder: str = "bert-base-uncased", image_size: int = 800, max_size: int = 1333,
-                 box_threshold: float = 0.35, text_threshold: float = 0.25, device: str = "auto",
-                 batch_size: int = 4, multimask: bool = True, sam_box_chunk: int = 64, progress: bool = True,
+                 device: str = "auto", multimask: bool = True, sam_box_chunk: int = 64,
                  local_files_only: bool | None = None) -> None:
         """
         groundingdino_checkpoint / sam_checkpoint: local .pth files (released checkpoints or state dicts).
@@ -52,26 +55,41 @@ class GroundedSamOriginal(GroundedSam):
         sam_type: segment-anything's registry key (vit_h, vit_l, vit_b).
         text_encoder: the BERT GroundingDINO encodes phrases with (HF id in the local cache, or a folder).
         image_size / max_size: GroundingDINO's input resize (shorter side, longer-side cap), 800 / 1333 as released.
-        The other arguments are GroundedSam's.
+        device: "auto" (cuda if available, else cpu) or a torch device string; both models run in float32.
+        multimask: the best of SAM's 3 candidate masks by predicted IoU (True), or its single-mask output.
+        sam_box_chunk: boxes per SAM decoder call.
+        local_files_only: never touch the network for the text encoder; None -> True when HF_HUB_OFFLINE is set.
         """
-        super().__init__(detector=groundingdino_checkpoint, sam=sam_checkpoint, box_threshold=box_threshold,
-                         text_threshold=text_threshold, device=device, dtype="float32", batch_size=batch_size,
-                         local_files_only=local_files_only, multimask=multimask, sam_box_chunk=sam_box_chunk,
-                         progress=progress)
+        if sam_box_chunk < 1:
+            raise ValueError("segmenter.backend.sam_box_chunk must be >= 1")
+        self.groundingdino_checkpoint = str(groundingdino_checkpoint)
+        self.sam_checkpoint = str(sam_checkpoint)
         self.groundingdino_config = str(groundingdino_config)
         self.sam_type = str(sam_type)
         self.text_encoder = str(text_encoder)
         self.image_size, self.max_size = int(image_size), int(max_size)
-        self._predictor = None
+        self.device = device
+        self.multimask = bool(multimask)
+        self.sam_box_chunk = int(sam_box_chunk)
+        self.local_files_only = local_files_only
+        self._det_model = self._predictor = None
 
     @classmethod
-    def from_models(cls, detector_model, sam_model, **kwargs) -> "GroundedSamOriginal":
+    def from_models(cls, detector_model, sam_model, **kwargs) -> "OriginalGrounding":
         """Wrap a built GroundingDINO (with its `.tokenizer`) and a segment-anything `Sam` (tests, notebooks)."""
         kwargs.setdefault("groundingdino_checkpoint", type(detector_model).__name__)
         kwargs.setdefault("sam_checkpoint", type(sam_model).__name__)
         self = cls(**kwargs)
         self._install(detector_model, sam_model)
         return self
+
+    @property
+    def torch_device(self):
+        return resolve_device(self.device)
+
+    @property
+    def loaded(self) -> bool:
+        return self._det_model is not None
 
     # -- availability and loading ----------------------------------------------------------------------
 
@@ -83,8 +101,6 @@ class GroundedSamOriginal(GroundedSam):
 
     def check_available(self) -> None:
         """One line naming the fix when the packages, a checkpoint or the text encoder are missing."""
-        if self.loaded:
-            return
         try:
             import groundingdino  # noqa: F401
             import segment_anything  # noqa: F401
@@ -96,23 +112,24 @@ class GroundedSamOriginal(GroundedSam):
         from transformers import AutoConfig
 
         if self.sam_type not in sam_model_registry:
-            raise ValueError(f"segmenter.sam_type={self.sam_type} is not one of {sorted(sam_model_registry)}")
+            raise ValueError(f"segmenter.backend.sam_type={self.sam_type} is not one of {sorted(sam_model_registry)}")
         for what, path, key in (("GroundingDINO config", self.config_path(), "groundingdino_config"),
-                                ("GroundingDINO checkpoint", self.detector, "groundingdino_checkpoint"),
-                                ("SAM checkpoint", self.sam, "sam_checkpoint")):
+                                ("GroundingDINO checkpoint", self.groundingdino_checkpoint,
+                                 "groundingdino_checkpoint"),
+                                ("SAM checkpoint", self.sam_checkpoint, "sam_checkpoint")):
             if not os.path.isfile(os.path.expanduser(path)):
                 raise ModelUnavailableError(f"{what} '{path}' does not exist: download it on a machine with network "
-                                            f"and set segmenter.{key}=/path/to/file")
-        local_only = self._local_only()
+                                            f"and set segmenter.backend.{key}=/path/to/file")
+        local_only = hub_offline(self.local_files_only)
         try:
             AutoConfig.from_pretrained(os.path.expanduser(self.text_encoder), local_files_only=local_only)
         except (OSError, ValueError) as err:
             raise unavailable_error("BERT text encoder", self.text_encoder, "text_encoder", local_only, err) from None
 
-    def load(self) -> "GroundedSamOriginal":
+    def load(self) -> None:
         """Build GroundingDINO from its config, load both checkpoints (idempotent; called by the first segment)."""
         if self.loaded:
-            return self
+            return
         self.check_available()
         import torch
         from groundingdino.models import build_model
@@ -124,17 +141,17 @@ class GroundedSamOriginal(GroundedSam):
         args.device = str(self.torch_device)
         args.text_encoder_type = os.path.expanduser(self.text_encoder)
         model = build_model(args)
-        checkpoint = torch.load(os.path.expanduser(self.detector), map_location="cpu", weights_only=False)
+        checkpoint = torch.load(os.path.expanduser(self.groundingdino_checkpoint), map_location="cpu",
+                                weights_only=False)
         state = clean_state_dict(checkpoint.get("model", checkpoint))
         missing, _ = model.load_state_dict(state, strict=False)  # strict=False as released (BERT buffers)
         expected = len(model.state_dict())
         if len(missing) > 0.1 * expected:
-            raise ModelUnavailableError(f"GroundingDINO checkpoint '{self.detector}' matches only "
+            raise ModelUnavailableError(f"GroundingDINO checkpoint '{self.groundingdino_checkpoint}' matches only "
                                         f"{expected - len(missing)} of {expected} tensors of {self.config_path()}: "
-                                        "set segmenter.groundingdino_config= to the config it was trained with")
-        sam = sam_model_registry[self.sam_type](checkpoint=os.path.expanduser(self.sam))
+                                        "set segmenter.backend.groundingdino_config= to the config it was trained with")
+        sam = sam_model_registry[self.sam_type](checkpoint=os.path.expanduser(self.sam_checkpoint))
         self._install(model, sam)
-        return self
 
     def _install(self, detector_model, sam_model) -> None:
         from segment_anything import SamPredictor
@@ -146,10 +163,9 @@ class GroundedSamOriginal(GroundedSam):
 
     # -- the two model calls ---------------------------------------------------------------------------
 
-    def _detect_pairs(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[Detections]:
-        """GroundingDINO on (image, phrase) pairs; all queries, no thresholds. One forward per distinct image
-        (its phrases batched): padding images of other sizes into one batch changes the released model's
-        boxes (its Swin backbone sees the padding), so images are never mixed."""
+    def detect(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[Detections]:
+        """One forward per distinct image (its phrases batched): padding images of other sizes into one batch
+        changes the released model's boxes (its Swin backbone sees the padding), so images are never mixed."""
         dets: list[Detections | None] = [None] * len(images)
         by_image: dict[int, list[int]] = {}
         for i, image in enumerate(images):
@@ -179,9 +195,8 @@ class GroundedSamOriginal(GroundedSam):
         boxes = (boxes * torch.tensor([w, h, w, h], device=boxes.device)).cpu().numpy()  # (n, q, 4) pixels
         return [Detections.clipped(boxes[i], (w, h), box_scores[i], text_scores[i]) for i in range(len(phrases))]
 
-    def _sam_union(self, images: list[PIL.Image.Image],
-                   boxes: list[list[np.ndarray]]) -> list[list[np.ndarray | None]]:
-        """SAM masks for each image's boxes (SamPredictor, one image at a time), OR-ed per word."""
+    def segment(self, images: list[PIL.Image.Image], boxes: list[list[np.ndarray]]) -> list[list[np.ndarray | None]]:
+        """SamPredictor, one image at a time."""
         import torch
 
         predictor, device = self._predictor, self.torch_device

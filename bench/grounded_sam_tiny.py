@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.grounded_sam import GroundedSam
+from bench.grounded_sam import GroundedSam, TransformersGrounding
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."]  # "." is GroundingDINO's phrase separator
 
@@ -113,8 +113,12 @@ def tiny_sam2(seed: int = 0):
     return Sam2Model(config).eval(), Sam2Processor(Sam2ImageProcessorFast(size={"height": 64, "width": 64}))
 
 
-def tiny_grounded_sam(words: list[str], seed: int = 0, num_queries: int = 12, **kwargs) -> GroundedSam:
-    """GroundedSam on the tiny random models; kwargs are GroundedSam's (thresholds, batch size, ...)."""
-    segmenter = GroundedSam.from_models(*tiny_detector(words, seed, num_queries), *tiny_sam(seed), **kwargs)
+def tiny_grounded_sam(words: list[str], seed: int = 0, num_queries: int = 12, device: str = "cpu",
+                      **kwargs) -> GroundedSam:
+    """GroundedSam over the transformers backend with the tiny random models; kwargs are GroundedSam's
+    (thresholds, batch size, progress)."""
+    backend = TransformersGrounding.from_models(*tiny_detector(words, seed, num_queries), *tiny_sam(seed),
+                                                device=device)
+    segmenter = GroundedSam(backend, **kwargs)
     segmenter.name, segmenter.meaningful = "grounded_sam_tiny", False
     return segmenter

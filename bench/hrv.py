@@ -39,11 +39,11 @@ from tqdm import tqdm
 from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
 from bench.cache import StageStore, write_atomic
 from bench.capture import Attn2Hooks
-from bench.generate import EOT
 from bench.heads import HeadIndex
 from bench.models import T2IModel
 from bench.prompts import MAX_TEXT_TOKENS, PromptRow, load_prompt_set, prompt_set_hash
 from bench.relevance import ConceptRelevance, Relevance, read_concept_words
+from bench.samples import EOT
 from bench.score import heat_to_mask, iou, normalised_heat
 from bench.segment import load_word_masks
 

@@ -18,10 +18,8 @@ import argparse
 import contextlib
 import datetime
 import functools
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -37,11 +35,13 @@ from tqdm import tqdm
 
 from bench import USER_ERRORS
 from bench.capture import HeadMapCapture
-from bench.generate import Sample, capture_batch, make_samples
+from bench.generate import capture_batch
 from bench.heads import HeadIndex
 from bench.models import T2IModel
 from bench.prompts import load_prompt_set, token_positions
+from bench.provenance import device_info, versions
 from bench.run import build
+from bench.samples import Sample, make_samples
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GB = 1e9
@@ -259,31 +259,6 @@ def profile(model: T2IModel, samples: list[Sample], batch_size: int, steps: int,
 
 
 # --- environment and report ------------------------------------------------------------------------------------
-def versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    for dist in ("diffusers", "transformers", "huggingface_hub", "daam", "numpy", "hydra-core"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    spacy = sys.modules.get("spacy")  # daam imports it; on the offline GPU machine it may be the stand-in
-    out["spacy"] = getattr(spacy, "__version__", None) if spacy else None
-    return out
-
-
-def device_info(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"type": "cuda", "name": torch.cuda.get_device_name(device),
-                "memory_bytes": torch.cuda.get_device_properties(device).total_memory}
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
-        name = found.group(1).strip() if found else name
-    return {"type": device.type, "name": name, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "load_average_1min": round(os.getloadavg()[0], 2)}
-
-
 def default_tag(device: dict) -> str:
     return "cpu" if device["type"] == "cpu" else re.sub(r"[^a-z0-9]+", "_", device["name"].lower()).strip("_")
 

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
 from bench.cache import StageStore
-from bench.generate import EOT
 from bench.heads import HeadIndex
+from bench.samples import EOT
 from bench.score import heat_to_mask, iou, ious_over_taus, normalised_heat
 from bench.segment import load_word_masks
 
@@ -172,8 +172,9 @@ class FileRelevance(ConceptRelevance):
                  default_concept: str | None = None):
         for p in (vectors, head_names, concepts):
             if not Path(p).exists():
-                raise FileNotFoundError(f"relevance file {p} does not exist: download the published vectors "
-                                        "and set relevance.vectors / head_names / concepts to their paths")
+                raise FileNotFoundError(f"relevance file {p} does not exist: download the published vectors from "
+                                        "github.com/SNU-DRL/HRV (final_result/, descriptions/; README: 'The published "
+                                        "HRV vectors') and set relevance.vectors / head_names / concepts to them")
         super().__init__(word_to_concept, default_concept)
         self.vectors = np.load(vectors).astype(np.float64)  # (C, H)
         self.head_names = [str(n) for n in np.load(head_names, allow_pickle=True)]

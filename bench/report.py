@@ -19,13 +19,21 @@ CSV (and the figures), the Markdown / LaTeX tables show its best k, and its CIs 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 
+#: the long IoU table's columns (one row per sample, word, method, variant and tau; `evaluate` writes it)
+COLUMNS = ["sample_id", "prompt_id", "seed", "tau", "word", "method", "variant", "n_heads", "iou", "excluded"]
 CURVE_MIN_VARIANTS = 10
+
+
+def read_scores(path: Path) -> pd.DataFrame:
+    """A stored long table (scores.csv); `excluded` read as text (it is empty for most rows, which made pandas
+    guess a type per chunk and warn)."""
+    return pd.read_csv(path, dtype={"excluded": object, "variant": object})
 KEYS = ["method", "variant", "tau"]
 
 
@@ -87,6 +95,8 @@ def _paired_tests(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     """Wilcoxon signed-rank and paired t-test p-values, row-wise; NaN with under 2 prompts."""
     if a.shape[1] < 2:
         return {"p_wilcoxon": np.full(len(a), np.nan), "p_ttest": np.full(len(a), np.nan)}
+    import scipy.stats  # here, not at the top: 1.4 s of import that only the statistics need
+
     return {"p_wilcoxon": scipy.stats.wilcoxon(a, b, axis=-1).pvalue,
             "p_ttest": scipy.stats.ttest_rel(a, b, axis=-1).pvalue}
 
@@ -96,6 +106,7 @@ def _ratio_ci(per_prompt: pd.DataFrame, resamples: pd.Series, rng: np.random.Gen
     sums = per_prompt["sum"].unstack("prompt_id")  # (G, P), NaN where a group lacks a prompt
     counts = per_prompt["count"].unstack("prompt_id")
     n_boot = resamples.reindex(sums.index).to_numpy()
+    import scipy.stats  # here, not at the top: 1.4 s of import that only the statistics need
 
     def ci(s: np.ndarray, c: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
         if s.shape[1] < 2:
@@ -138,10 +149,21 @@ def curve_methods(frame: pd.DataFrame, by: list[str] = ()) -> set[str]:
     return set(n[n > CURVE_MIN_VARIANTS].index.get_level_values("method"))
 
 
-def reference_tau(summary: pd.DataFrame) -> float:
-    """The tau shown in single-tau views: DAAM's 0.4 when scored, else the median tau."""
-    taus = np.sort(summary["tau"].unique())
+def reference_tau(taus: Iterable[float]) -> float:
+    """The tau shown in single-tau views, of the taus scored (a list or a summary's `tau` column): DAAM's 0.4
+    when scored, else the median tau."""
+    taus = np.unique(np.asarray(taus, dtype=float))
     return 0.4 if np.isclose(taus, 0.4).any() else float(taus[len(taus) // 2])
+
+
+def single_tau_rows(summary: pd.DataFrame, by: list[str] = ()) -> pd.DataFrame:
+    """The rows of single-tau views: those at the reference tau, and every row of a (config, method, variant)
+    that has none there (a held-out oracle is scored at each fold's calibrated tau only)."""
+    keys = list(by) + ["method", "variant"]
+    at_ref = np.isclose(summary["tau"], reference_tau(summary["tau"]))
+    shown = summary[keys][at_ref].drop_duplicates()
+    has_ref = summary[keys].merge(shown, how="left", indicator=True)["_merge"].eq("both").to_numpy()
+    return summary[at_ref | ~has_ref]
 
 
 def config_label(row: pd.Series, by: list[str]) -> str:
@@ -192,6 +214,21 @@ def _interval(lo: float, hi: float) -> str:
     return "" if pd.isna(lo) or pd.isna(hi) else f"[{lo:.4f}, {hi:.4f}]"
 
 
+def _once(rows: pd.DataFrame, by: list[str]) -> list[tuple[str, pd.Series]]:
+    """(config label, row) per row, a (method, variant, tau) whose mIoU and n are the same in several configs
+    (DAAM in every job of a sweep over selective's settings) given once, labelled with how many configs."""
+    if not by:
+        return [("", r) for _, r in rows.iterrows()]
+    n_configs = len(rows[by].drop_duplicates())
+    out = []
+    for _, grp in rows.groupby(["method", "variant", "tau", "mIoU", "n_pairs"], sort=False, dropna=False):
+        if len(grp) > 1:
+            out.append(("every config" if len(grp) == n_configs else f"{len(grp)} configs", grp.iloc[0]))
+        else:
+            out.append((config_label(grp.iloc[0], by), grp.iloc[0]))
+    return out
+
+
 def write_summary(summary: pd.DataFrame, run_dir: Path, header: list[str], by: list[str] = ()) -> str:
     """Write summary.csv (every group, numeric), summary.md and summary.tex (header first); returns the Markdown."""
     summary.to_csv(run_dir / "summary.csv", index=False)
@@ -213,13 +250,15 @@ def write_summary(summary: pd.DataFrame, run_dir: Path, header: list[str], by: l
 def compact(summary: pd.DataFrame, by: list[str] = (), stats: dict | None = None, where: Path | None = None) -> str:
     """A few lines for the end of a run: each method at the reference tau, k-curves as their best k."""
     by = list(by)
-    tau = reference_tau(summary)
-    rows = summary[np.isclose(summary["tau"], tau)]
+    tau = reference_tau(summary["tau"])
+    rows = single_tau_rows(summary, by)
     curves = curve_methods(summary, by)
-    lines = [f"summary at tau={tau} (mIoU [95% CI over prompts]; Δ paired vs daam [CI], Wilcoxon p; n pairs):"]
-    for _, r in rows[~rows["method"].isin(curves)].iterrows():
-        text = f"  {config_label(r, by)} {r['method']} {r['variant']}".ljust(40) + f" {r['mIoU']:.4f} " \
-               f"{_interval(r['ci95_lo'], r['ci95_hi'])}"
+    lines = [f"summary at tau={tau}; a row scored only at other taus (a held-out oracle's calibrated tau) at its "
+             "own (mIoU [95% CI over prompts]; Δ paired vs daam [CI], Wilcoxon p; n pairs):"]
+    for label, r in _once(rows[~rows["method"].isin(curves)], by):
+        at = "" if np.isclose(r["tau"], tau) else f"tau={r['tau']:g}"
+        name = " ".join(p for p in (label, r["method"], r["variant"], at) if p)
+        text = f"  {name}".ljust(40) + f" {r['mIoU']:.4f} {_interval(r['ci95_lo'], r['ci95_hi'])}"
         if not pd.isna(r.get("diff_vs_daam", np.nan)):
             text += (f"  Δ {r['diff_vs_daam']:+.4f} {_interval(r['diff_ci95_lo'], r['diff_ci95_hi'])} "
                      f"p={_num(r['p_wilcoxon'], '{:.3g}')}")

@@ -11,18 +11,19 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bench import USER_ERRORS
 from bench.cache import StageStore
-from bench.evaluate import KCurve, Selective, evaluate_stage, make_context
-from bench.figures import collect_overlays, write_figures
-from bench.generate import generate_stage, make_samples, shard
+from bench.evaluate import KCurve, Overlays, Selective, evaluate_stage
+from bench.figures import save_overlays, write_figures
+from bench.generate import generate_stage
 from bench.prompts import load_prompt_set, prompt_set_hash, token_positions
-from bench.report import compact, reference_tau, summarise, write_summary
+from bench.provenance import REPO, describe, provenance
+from bench.report import compact, summarise, write_summary
+from bench.samples import make_samples, shard
 from bench.segment import segment_stage
 
 
@@ -83,36 +84,48 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     mask_store = StageStore(cfg.paths.cache, "segment", seg_config, [gen_store.key])
     seg_stats = segment_stage(segmenter, samples, gen_store, mask_store)
 
-    table = evaluate_stage(samples, gen_store, mask_store, methods, relevance, cfg.eval.tau, cfg.eval.workers)
+    overlays = Overlays(samples)
+    table = evaluate_stage(samples, gen_store, mask_store, methods, relevance, cfg.eval.tau, cfg.eval.workers,
+                           overlays)
     table.to_csv(run_dir / "scores.csv", index=False)
     summary = summarise(table)
     labels = {m.name: (m.relevance or relevance).label() for m in methods
               if isinstance(m, Selective) and (m.relevance or relevance) is not None}
     summary.insert(2, "relevance", summary["method"].map(labels).fillna(""))
-    header = [f"# {cfg.get('title', 'harness run')}", "",
+    prov = provenance(model.device, model.dtype)
+    title = cfg.get("title") or f"{model.name} on {Path(dataset_path).stem}, pseudo ground truth {segmenter.name}"
+    images = {"generated": "generated images", "image": "given images"}[cfg.capture.source]
+    header = [f"# {title}", "",
               f"- model: {model.name}, {model.height}x{model.width}, {gen.steps} steps, CFG {gen.guidance_scale}",
-              f"- prompts: {dataset_path} ({len(rows)} prompts x seeds {seeds}, {cfg.capture.source} images)",
+              f"- prompts: {repo_relative(dataset_path)} ({len(rows)} prompts x seeds {seeds}, {images})",
               f"- pseudo ground truth: {segmenter.name}",
               f"- relevance: {relevance.describe() if relevance else 'none'}",
               *(f"- relevance of {name}: {source.describe()}" for name, source in own.items()),
               f"- binarisation: bicubic to image size, min-max, > tau = {cfg.eval.tau}",
               *(f"- {m.name}: every k; masks compared on the {m.size}x{m.size} grid (reference area-downsampled), "
                 "not at image size" for m in methods if isinstance(m, KCurve) and m.size),
-              f"- cache: generate {gen_store.key}, segment {mask_store.key}"]
-    if not segmenter.meaningful:
-        header.insert(2, f"**These numbers only check the pipeline**: masks come from the `{segmenter.name}` "
-                         "test segmenter, not from what the model drew.\n")
+              f"- cache: generate {gen_store.key}, segment {mask_store.key}",
+              f"- provenance: {describe(prov)}"]
+    notice = (f"These numbers only check the pipeline: masks come from the `{segmenter.name}` test segmenter, "
+              "not from what the model drew." if not segmenter.meaningful else "")
+    if notice:
+        header.insert(2, f"**{notice}**\n")
     write_summary(summary, run_dir, header)
     (run_dir / "header.json").write_text(json.dumps(header, indent=1))
-    overlays = collect_overlays(samples, gen_store, mask_store, methods, make_context(gen_store, relevance),
-                                reference_tau(summary))
-    torch.save(overlays, run_dir / "overlays.pt")
-    figures = write_figures(summary, run_dir, overlays=overlays) if cfg.report.figures else []
+    shown = {"items": overlays.items()}
+    save_overlays(shown, run_dir / "overlays.pkl")
+    figures = write_figures(summary, run_dir, overlays=shown) if cfg.report.figures else []
     for analysis in analyses:
         print(analysis(samples, gen_store, mask_store, relevance, cfg.eval.tau, run_dir))
     stats = {"generate": gen_stats, "segment": seg_stats, "relevance": relevance_stats,
-             "wall_seconds": round(time.perf_counter() - t_start, 2)}
+             "wall_seconds": round(time.perf_counter() - t_start, 2), "provenance": prov}
     (run_dir / "stats.json").write_text(json.dumps(stats, indent=1))
-    logger.log_results(run_dir, table, summary, figures, overlays)
-    print(compact(summary, stats=stats, where=run_dir))
+    logger.log_results(run_dir, table, summary, figures, shown, prov)
+    print(compact(summary, stats=stats, where=run_dir) + (f"\n{notice}" if notice else ""))
     return summary
+
+
+def repo_relative(path: str | Path) -> str:
+    """`path` relative to the repository when it lies inside it, so headers name no machine's folders."""
+    full = Path(path).resolve()
+    return str(full.relative_to(REPO)) if full.is_relative_to(REPO) else str(path)

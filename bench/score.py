@@ -37,6 +37,8 @@ def minmax_(x: torch.Tensor) -> torch.Tensor:
 
 def iou(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """IoU of bool masks over the last two dims; pred (..., H, W), ref (H, W). NaN when both are empty."""
+    if tuple(pred.shape[-2:]) != tuple(ref.shape):
+        raise ValueError(f"mask shapes differ: {tuple(pred.shape[-2:])} vs {tuple(ref.shape)}")
     return torch.from_numpy(_iou_bits(_bits(pred.numpy()), _bits(ref.numpy())))
 
 

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bench.evaluate import COLUMNS
-from bench.figures import write_figures
-from bench.report import compact, config_label, summarise, write_summary
+from bench.figures import load_overlays, save_overlays, write_figures
+from bench.report import COLUMNS, compact, config_label, read_scores, summarise, write_summary
 
 NOT_GROUPED = {"shard", "dataset.seeds", "eval.tau"}
 DEFAULT = "(default)"  # a column's value for jobs that did not override that key
@@ -56,7 +54,7 @@ def merge_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     keys = list(dict.fromkeys(k for o in overrides for k in o))
     tables = []
     for job, over in zip(tqdm(jobs, desc="merge jobs", unit="job"), overrides):
-        table = pd.read_csv(job / "scores.csv")
+        table = read_scores(job / "scores.csv")
         for i, key in enumerate(keys):
             table.insert(i, key, over.get(key, DEFAULT))
         tables.append(table)
@@ -70,7 +68,7 @@ def report_dir(path: Path, figures: bool = True) -> pd.DataFrame:
     """Merge a sweep directory (or re-report one run directory) into scores.csv, summary.* and fig_*.png there."""
     path = Path(path)
     if (path / "scores.csv").exists() and not job_dirs(path):
-        table, by, jobs = pd.read_csv(path / "scores.csv"), [], [path]
+        table, by, jobs = read_scores(path / "scores.csv"), [], [path]
     else:
         table, by = merge_jobs(path)
         jobs = job_dirs(path)
@@ -79,7 +77,7 @@ def report_dir(path: Path, figures: bool = True) -> pd.DataFrame:
     write_summary(summary, path, _header(path, jobs, by, table), by)
     overlays = _merged_overlays(jobs, by)
     if overlays is not None:
-        torch.save(overlays, path / "overlays.pt")
+        save_overlays(overlays, path / "overlays.pkl")
     if figures:
         write_figures(summary, path, by, overlays)
     print(compact(summary, by, where=path))
@@ -106,12 +104,12 @@ def _merged_overlays(jobs: list[Path], by: list[str]) -> dict | None:
     """Overlay items of all jobs, maps labelled by their job's config (identical maps, e.g. DAAM's, kept once)."""
     merged: dict | None = None
     for job in jobs:
-        if not (job / "overlays.pt").exists():
+        data = load_overlays(job / "overlays.pkl")
+        if data is None:
             continue
-        data = torch.load(job / "overlays.pt", weights_only=False)
         label = config_label(pd.Series(job_overrides(job)).reindex(by).fillna(DEFAULT), by)
         if merged is None:
-            merged = {"tau": data["tau"], "items": []}
+            merged = {"items": []}
         items = {item["title"]: item for item in merged["items"]}
         for item in data["items"]:
             target = items.get(item["title"])
@@ -122,9 +120,9 @@ def _merged_overlays(jobs: list[Path], by: list[str]) -> dict | None:
                 merged["items"].append(target)
                 items[item["title"]] = target
             budget = max(1, MAX_OVERLAY_MAPS // len(jobs))  # every job's config gets columns
-            for name, heat in item["maps"].items():
-                if budget and not any(np.array_equal(heat, other) for other in target["maps"].values()):
-                    target["maps"][f"{label} {name}".strip()] = heat
+            for name, cell in item["maps"].items():
+                if budget and not any(np.array_equal(cell["heat"], other["heat"]) for other in target["maps"].values()):
+                    target["maps"][f"{label} {name}".strip()] = cell
                     budget -= 1
     return merged
 

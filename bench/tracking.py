@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,8 +33,8 @@ class Logger:
         yield self
 
     def log_results(self, run_dir: Path, table: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
-                    overlays: dict | None) -> None:
-        """Record a finished run's results."""
+                    overlays: dict | None, provenance: dict | None = None) -> None:
+        """Record a finished run's results and what produced them (`bench.provenance.provenance()`)."""
 
 
 class WandbLogger(Logger):
@@ -67,9 +68,9 @@ class WandbLogger(Logger):
                               dir=str(run_dir), mode=self.resolved_mode(),
                               config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
                               settings=wandb.Settings(console="off", silent=True))
-        resolved = run_dir / "config_resolved.yaml"  # also as a run file: offline runs keep config only in .wandb
-        OmegaConf.save(cfg, resolved, resolve=True)
-        self.run.save(str(resolved), base_path=str(run_dir), policy="now")
+        # also as a run file: offline runs keep config only in .wandb
+        OmegaConf.save(cfg, Path(self.run.dir) / "config_resolved.yaml", resolve=True)
+        where = self._where()
         failed = True
         try:
             yield self
@@ -77,11 +78,20 @@ class WandbLogger(Logger):
         finally:
             self.run.finish(exit_code=1 if failed else 0)
             self.run = None
+            if where:
+                print(where)
 
-    def log_results(self, run_dir, table, summary, figures, overlays):
+    def _where(self) -> str:
+        """Where the run is, to print when it ends: its URL, or its offline folder and the command uploading it."""
+        if self.resolved_mode() == "disabled":
+            return ""
+        if self.run.offline:
+            folder = Path(self.run.dir).parent
+            return f"W&B run stored offline in {folder}; upload it with: wandb sync {folder}"
+        return f"W&B run: {self.run.url}"
+
+    def log_results(self, run_dir, table, summary, figures, overlays, provenance=None):
         import wandb
-
-        from bench.figures import overlay_masks
 
         curves = curve_methods(summary)
         for _, r in summary[~summary["method"].isin(curves)].iterrows():
@@ -100,14 +110,17 @@ class WandbLogger(Logger):
         record.update({f"figures/{p.stem}": wandb.Image(str(p)) for p in figures})
         if overlays and overlays["items"]:
             record["overlays"] = [
-                wandb.Image(overlays["items"][i]["image"], caption=f"{overlays['items'][i]['title']} | {label}",
-                            masks={"reference": {"mask_data": overlays["items"][i]["ref"].astype(np.uint8),
+                wandb.Image(item["image"], caption=f"{item['title']} | {label}",
+                            masks={"reference": {"mask_data": item["ref"].astype(np.uint8),
                                                  "class_labels": {1: "reference"}},
-                                   "prediction": {"mask_data": mask.astype(np.uint8), "class_labels": {1: label}}})
-                for i, label, _, mask in overlay_masks(overlays)]
+                                   "prediction": {"mask_data": cell["mask"].astype(np.uint8),
+                                                  "class_labels": {1: label}}})
+                for item in overlays["items"] for label, cell in item["maps"].items()]
         self.run.log(record)
-        for name in ("scores.csv", "summary.csv", "summary.md"):
-            self.run.save(str(run_dir / name), base_path=str(run_dir), policy="now")
+        if provenance:
+            self.run.config.update({"provenance": provenance})
+        for name in ("scores.csv", "summary.csv", "summary.md"):  # files in run.dir are uploaded with the run
+            shutil.copy2(run_dir / name, Path(self.run.dir) / name)  # (run.save would symlink them, with a notice)
 
 
 def sweep_id() -> str | None:

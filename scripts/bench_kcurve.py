@@ -35,12 +35,12 @@ from bench.aggregate import word_head_maps
 from bench.cache import StageStore
 from bench.evaluate import KCurve, evaluate_stage, make_context
 from bench.figures import kcurve_figure
-from bench.generate import Sample
 from bench.heads import HeadIndex
 from bench.models import SDXL_UNET_CONFIG
 from bench.prompts import PromptRow
 from bench.relevance import Relevance
 from bench.report import summarise
+from bench.samples import Sample
 from bench.segment import load_word_masks
 
 IMAGE = 1024

@@ -9,9 +9,7 @@ Run after `make bench`:
 import sys
 from pathlib import Path
 
-import torch
-
-from bench.figures import overlay_figure
+from bench.figures import load_overlays, overlay_figure
 
 METHODS = ("daam all", "selective k=25%")
 
@@ -19,11 +17,11 @@ METHODS = ("daam all", "selective k=25%")
 def main(image_run: str, generated_run: str, out: str = "results/reference/shapes_samples.png") -> None:
     items = []
     for run, label in ((image_run, "image mode, exact mask"), (generated_run, "generated, colour pseudo mask")):
-        overlays = torch.load(Path(run) / "overlays.pt", weights_only=False)
+        overlays = load_overlays(Path(run) / "overlays.pkl")
         for item in overlays["items"]:
             maps = {m: item["maps"][m] for m in METHODS}
             items.append({**item, "title": f"{label}: {item['title']}", "maps": maps})
-    figure = overlay_figure({"tau": overlays["tau"], "items": items})
+    figure = overlay_figure({"items": items})
     figure.savefig(out, dpi=150, bbox_inches="tight")
     print(f"wrote {out}")
 

@@ -1,10 +1,7 @@
 import os
-from pathlib import Path
 
 import pytest
 import torch
-
-from bench.relevance import Relevance
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -13,9 +10,6 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 THREADS = os.environ.get("BENCH_TEST_THREADS", "1")
 os.environ["OMP_NUM_THREADS"] = THREADS
 torch.set_num_threads(int(THREADS))
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_REFERENCE = REPO.parent / "shared" / "reference"
 
 
 @pytest.fixture(scope="session")
@@ -30,18 +24,3 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own tokenizer/stage cache unless it asks otherwise."""
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "stages"))
     monkeypatch.setenv("BENCH_RUNS_DIR", str(tmp_path / "runs"))
-
-
-class FixedRelevance(Relevance):
-    """A relevance source returning one given vector for every word (tests of ranking and aggregation)."""
-
-    name = "fixed"
-
-    def __init__(self, vector):
-        self.v = vector
-
-    def vector(self, word, head_index):
-        return self.v
-
-    def describe(self):
-        return "fixed"

@@ -1,10 +1,12 @@
+"""Aggregation (head maps, top-k means and curves) and scoring (DAAM binarisation, IoU) against references."""
+
 import numpy as np
 import pytest
 import torch
-from conftest import FixedRelevance
+import torch.nn.functional as F
+from helpers import two_resolution_index
 
-from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, running_sum_, top_k_curve
-from bench.evaluate import Context, Daam, Selective
+from bench.aggregate import ranked_heads, resize_bicubic, resolve_k, running_sum_, top_k_curve, word_head_maps
 from bench.score import heat_to_mask, iou, ious_over_taus, normalised_heat
 
 
@@ -78,24 +80,17 @@ def test_running_sum_equals_cumsum(n):
     torch.testing.assert_close(x, want, rtol=1e-12, atol=1e-12)
 
 
-def test_selective_with_daam_heads_equals_daam_exactly(tiny):
-    index = tiny.head_index()
-    daam_heads = index.daam_mask(tiny.daam_latent_hw)
-    maps = torch.rand(len(index), 64, 64)
-    ctx = Context(index, tiny.daam_latent_hw, FixedRelevance(daam_heads.astype(float)))
-    (n, daam_map), = Daam().heat_maps(maps, "w", ctx).values()
-    (k, sel_map), = Selective(k=int(daam_heads.sum())).heat_maps(maps, "w", ctx).values()
-    assert n == k == daam_heads.sum()
-    assert torch.equal(daam_map, sel_map)
-
-
-def test_selective_restricts_to_blocks(tiny):
-    index = tiny.head_index()
-    maps = torch.zeros(len(index), 4, 4)
-    mid = index.mask(["mid"])
-    maps[torch.from_numpy(mid)] = 1.0
-    ctx = Context(index, tiny.daam_latent_hw, FixedRelevance(np.random.default_rng(0).random(len(index))))
-    out = Selective(k=["all", 3], blocks=["mid"]).heat_maps(maps, "w", ctx)
-    assert out["k=all"][0] == mid.sum() and torch.all(out["k=all"][1] == 1) and torch.all(out["k=3"][1] == 1)
-    with pytest.raises(ValueError, match="no heads selected"):
-        mean_of_heads(maps, np.zeros(len(index), bool))
+def test_resize_bicubic_and_head_maps_match_torch_interpolate():
+    for shape, size in (((5, 2, 8, 8), (16, 16)), ((3, 1, 16, 12), (64, 64)), ((2, 1, 16, 16), (8, 8))):
+        x = torch.rand(shape) * 5
+        torch.testing.assert_close(resize_bicubic(x, size), F.interpolate(x, size=size, mode="bicubic"),
+                                   atol=1e-5, rtol=1e-5)
+    index = two_resolution_index()
+    maps = {(16, 16): torch.rand(2, 14, 3, 16, 16), (8, 8): torch.rand(2, 4, 3, 8, 8)}
+    out = torch.full((3, 16, 16), np.nan)
+    assert resize_bicubic(maps[(8, 8)][0, :3, 0], (16, 16), out=out) is out and not out.isnan().any()
+    for slots in ([0, 2], [1]):  # several tokens (mean of the clamped maps), one token (resized in place)
+        got = word_head_maps(maps, index, slots, 16)
+        for res, stored in maps.items():  # reference: daam's order of operations with F.interpolate
+            x = F.interpolate(stored.sum(0)[:, slots], size=(16, 16), mode="bicubic").clamp(min=0).mean(1)
+            torch.testing.assert_close(got[torch.from_numpy(index.heads_at(res))], x, atol=1e-5, rtol=1e-5)

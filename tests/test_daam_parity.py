@@ -7,8 +7,9 @@ import torch
 
 from bench.aggregate import mean_of_heads, word_head_maps
 from bench.cache import StageStore
-from bench.generate import generate_stage, make_samples
+from bench.generate import generate_stage
 from bench.prompts import PromptRow, token_positions
+from bench.samples import make_samples
 from bench.score import heat_to_mask, normalised_heat
 
 daam = pytest.importorskip("daam", reason="the daam package is a test dependency: run `make setup`")

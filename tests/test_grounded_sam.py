@@ -23,18 +23,17 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fixtures_segment import WORDS, small_images  # noqa: E402
+from mask_agreement import mask_iou, score_masks, summarise_mask_agreement  # noqa: E402
 
 from bench.grounded_sam import (  # noqa: E402
     EMPTY_MASK,
     EMPTY_WORD,
     NO_DETECTION,
     GroundedSam,
+    TransformersGrounding,
     filter_detections,
     make_word_mask,
-    mask_iou,
-    score_masks,
     select_best_masks,
-    summarise_mask_agreement,
     union_instances,
     word_to_phrase,
 )
@@ -42,6 +41,14 @@ from bench.grounded_sam_tiny import tiny_detector, tiny_sam, tiny_sam2  # noqa: 
 from bench.segment import WordMask  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "segmenter" / "grounded_sam.yaml"
+BACKEND_KEYS = {"device", "dtype", "detector_dtype", "local_files_only", "multimask", "sam_box_chunk"}
+
+
+def grounded(det, det_proc, sam_model, sam_proc, **kwargs) -> GroundedSam:
+    """The recipe over the transformers backend wrapping built models; each keyword goes to the one taking it."""
+    backend = TransformersGrounding.from_models(det, det_proc, sam_model, sam_proc,
+                                                **{k: v for k, v in kwargs.items() if k in BACKEND_KEYS})
+    return GroundedSam(backend, **{k: v for k, v in kwargs.items() if k not in BACKEND_KEYS})
 
 
 @pytest.fixture(autouse=True)
@@ -130,7 +137,7 @@ def test_mask_iou_and_score_masks_hand_computed():
     b = np.zeros((4, 4), bool)
     b[0, 1:4] = True  # 3 px, overlap 2, union 4
     assert mask_iou(a, b) == pytest.approx(0.5)
-    assert mask_iou(np.zeros((2, 2)), np.zeros((2, 2))) is None
+    assert np.isnan(mask_iou(np.zeros((2, 2)), np.zeros((2, 2))))
     assert mask_iou(a, np.zeros((4, 4), bool)) == 0.0
     with pytest.raises(ValueError):
         mask_iou(a, np.zeros((3, 3), bool))
@@ -254,7 +261,7 @@ def fakes(detector, sam):
 
 def test_fake_pipeline_boxes_union_and_phrase_isolation(fakes):
     fake_det, det_proc, fake_sam, sam_proc = fakes
-    gs = GroundedSam.from_models(fake_det, det_proc, fake_sam, sam_proc, batch_size=2, progress=False)
+    gs = grounded(fake_det, det_proc, fake_sam, sam_proc, batch_size=2, progress=False)
     images = [PIL.Image.new("RGB", (64, 48)), PIL.Image.new("RGB", (40, 56)), PIL.Image.new("RGB", (32, 32))]
     words = [["cat", "Dog", "Teddy Bear"], ["dog", "unicorn"], []]
     out = gs.segment(images, words)
@@ -285,7 +292,7 @@ def test_fake_pipeline_boxes_union_and_phrase_isolation(fakes):
 def test_fake_pipeline_no_detection_and_empty_cases(fakes):
     fake_det, det_proc, _, sam_proc = fakes
     empty_sam = FakeSam(pad=sam_proc.image_processor.pad_size["height"], empty=True)
-    gs = GroundedSam.from_models(fake_det, det_proc, empty_sam, sam_proc, progress=False)
+    gs = grounded(fake_det, det_proc, empty_sam, sam_proc, progress=False)
     blank = PIL.Image.new("RGB", (30, 20))
     out = gs.segment([blank, blank, blank], [["sky"], ["unicorn", "  "], []])
     assert out[0]["sky"].reason == EMPTY_MASK and len(out[0]["sky"].boxes) == 1
@@ -295,18 +302,18 @@ def test_fake_pipeline_no_detection_and_empty_cases(fakes):
 
     # nothing detected anywhere: SAM is never run
     sam2 = FakeSam(pad=sam_proc.image_processor.pad_size["height"])
-    gs2 = GroundedSam.from_models(fake_det, det_proc, sam2, sam_proc, progress=False)
+    gs2 = grounded(fake_det, det_proc, sam2, sam_proc, progress=False)
     out = gs2.segment([blank, blank], [["unicorn"], ["tree"]])
     assert [o[w].reason for o, w in zip(out, ["unicorn", "tree"])] == [NO_DETECTION, NO_DETECTION]
     assert sam2.n_forward == 0
     # thresholds above every score: excluded, not empty masks
-    gs3 = GroundedSam.from_models(fake_det, det_proc, sam2, sam_proc, box_threshold=0.96, progress=False)
+    gs3 = grounded(fake_det, det_proc, sam2, sam_proc, box_threshold=0.96, progress=False)
     assert gs3.segment([blank], [["cat"]])[0]["cat"].reason == NO_DETECTION
 
 
 def test_fake_pipeline_single_mask_output(fakes):
     fake_det, det_proc, fake_sam, sam_proc = fakes
-    gs = GroundedSam.from_models(fake_det, det_proc, fake_sam, sam_proc, multimask=False, sam_box_chunk=1,
+    gs = grounded(fake_det, det_proc, fake_sam, sam_proc, multimask=False, sam_box_chunk=1,
                                  progress=False)
     im = PIL.Image.new("RGB", (64, 48))
     wm = gs.segment([im], [["teddy bear"]])[0]["teddy bear"]
@@ -327,10 +334,10 @@ def test_tiny_models_whole_stage(detector, sam):
     hook = det.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].clone()),
                                          with_kwargs=True)
     try:
-        default = GroundedSam.from_models(det, det_proc, sam_model, sam_proc, batch_size=2, progress=False)
+        default = grounded(det, det_proc, sam_model, sam_proc, batch_size=2, progress=False)
         _check(default.segment(images, words), images, words)
 
-        everything = GroundedSam.from_models(det, det_proc, sam_model, sam_proc, box_threshold=0.0,
+        everything = grounded(det, det_proc, sam_model, sam_proc, box_threshold=0.0,
                                              text_threshold=0.0, progress=False)
         out = everything.segment(images, words)
         _check(out, images, words)
@@ -338,7 +345,7 @@ def test_tiny_models_whole_stage(detector, sam):
         assert all(len(wm.boxes) == det.config.num_queries for res in out for wm in res.values())
 
         calls.clear()
-        nothing = GroundedSam.from_models(det, det_proc, sam_model, sam_proc, box_threshold=1.01,
+        nothing = grounded(det, det_proc, sam_model, sam_proc, box_threshold=1.01,
                                           text_threshold=1.01, progress=False)
         out = nothing.segment(images, words)
         assert all(wm.reason == NO_DETECTION for res in out for wm in res.values())
@@ -356,8 +363,8 @@ def test_tiny_models_batching_does_not_change_results(detector, sam):
     images = [PIL.Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
     words = [["cat", "dog"], ["sky"], ["dog"]]
     kw = dict(box_threshold=0.3, text_threshold=0.2, progress=False)
-    one = GroundedSam.from_models(det, det_proc, sam_model, sam_proc, batch_size=1, **kw)
-    many = GroundedSam.from_models(det, det_proc, sam_model, sam_proc, batch_size=4, **kw)
+    one = grounded(det, det_proc, sam_model, sam_proc, batch_size=1, **kw)
+    many = grounded(det, det_proc, sam_model, sam_proc, batch_size=4, **kw)
     one, many = one.segment(images, words), many.segment(images, words)
     for a, b in zip(one, many):
         for w in a:
@@ -371,9 +378,9 @@ def test_tiny_models_batching_does_not_change_results(detector, sam):
 def test_tiny_models_bfloat16_sam(detector, sam):
     det, det_proc = detector
     sam_model, sam_proc = tiny_sam()  # own copy: the module's copy stays float32
-    gs = GroundedSam.from_models(det, det_proc, sam_model, sam_proc, dtype="bfloat16", box_threshold=0.0,
+    gs = grounded(det, det_proc, sam_model, sam_proc, dtype="bfloat16", box_threshold=0.0,
                                  text_threshold=0.0, progress=False)
-    assert gs.sam_dtype == torch.bfloat16 and gs.det_dtype == torch.float32
+    assert gs.backend.sam_dtype == torch.bfloat16 and gs.backend.det_dtype == torch.float32
     images = small_images()[:1]
     _check(gs.segment(images, [["cat"]]), images, [["cat"]])
 
@@ -383,30 +390,31 @@ def test_tiny_models_bfloat16_sam(detector, sam):
 
 
 def test_defaults_resolve_on_cpu():
-    gs = GroundedSam()
-    assert not gs.loaded  # lazy: nothing loaded at construction
+    backend = TransformersGrounding()
+    assert not backend.loaded  # lazy: nothing loaded at construction
     if not torch.cuda.is_available():
-        assert gs.torch_device.type == "cpu" and gs.sam_dtype == torch.float32
-    assert gs.det_dtype == torch.float32
+        assert backend.torch_device.type == "cpu" and backend.sam_dtype == torch.float32
+    assert backend.det_dtype == torch.float32
     with pytest.raises(ValueError):
-        GroundedSam(dtype="float8")
+        TransformersGrounding(dtype="float8")
 
 
 @pytest.mark.parametrize("local_files_only", [True, None])
 def test_missing_model_one_line_error(local_files_only):
     name = "no-such-org/no-such-grounding-dino"
-    gs = GroundedSam(detector=name, local_files_only=local_files_only, progress=False)
+    gs = GroundedSam(TransformersGrounding(detector=name, local_files_only=local_files_only), progress=False)
     for call in (gs.check_available, lambda: gs.segment([PIL.Image.new("RGB", (8, 8))], [["cat"]])):
         with pytest.raises(RuntimeError) as err:
             call()
         msg = str(err.value)
         assert "\n" not in msg and f"'{name}'" in msg and "GroundingDINO" in msg
-        assert "hf download" in msg and "segmenter.detector=" in msg
+        assert "hf download" in msg and "segmenter.backend.detector=" in msg
         assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
 def test_missing_local_path_error(tmp_path):
-    gs = GroundedSam(detector=str(tmp_path / "grounding-dino"), sam=str(tmp_path / "missing-sam"))
+    backend = TransformersGrounding(detector=str(tmp_path / "grounding-dino"), sam=str(tmp_path / "missing-sam"))
+    gs = GroundedSam(backend)
     with pytest.raises(RuntimeError, match=r"^GroundingDINO local copy '.*grounding-dino' does not exist"):
         gs.check_available()
 
@@ -417,28 +425,30 @@ def test_hydra_config_matches_constructor():
 
     cfg = OmegaConf.load(CONF)
     assert cfg._target_ == "bench.grounded_sam.GroundedSam"
-    params = inspect.signature(GroundedSam.__init__).parameters
-    assert set(cfg) - {"_target_"} == set(params) - {"self"}
-    for key, value in cfg.items():
-        if key != "_target_":
-            assert params[key].default == value, key
+    assert cfg.backend._target_ == "bench.grounded_sam.TransformersGrounding"
+    for node, cls in ((cfg, GroundedSam), (cfg.backend, TransformersGrounding)):
+        params = inspect.signature(cls.__init__).parameters
+        assert set(node) - {"_target_"} == set(params) - {"self"}
+        for key, value in node.items():
+            if key not in ("_target_", "backend"):
+                assert params[key].default == value, key
     gs = instantiate(cfg)
-    assert isinstance(gs, GroundedSam) and not gs.loaded
-    assert gs.detector == "IDEA-Research/grounding-dino-base" and gs.sam == "facebook/sam-vit-huge"
+    assert isinstance(gs, GroundedSam) and not gs.backend.loaded and gs.name == "grounded_sam"
+    assert gs.backend.detector == "IDEA-Research/grounding-dino-base" and gs.backend.sam == "facebook/sam-vit-huge"
 
 
 @pytest.mark.skipif(not (importlib.util.find_spec("torchvision") and hasattr(transformers, "Sam2Model")),
                     reason="SAM 2's image processor needs torchvision: runs in .venv-gsam (make test-gsam)")
 def test_sam2_masks_equal_its_own_full_forward(detector):
-    """segmenter.sam=<a SAM 2 checkpoint>: multi-scale embeddings per image, then the decoder per box chunk;
+    """segmenter.backend.sam=<a SAM 2 checkpoint>: multi-scale embeddings per image, then the decoder per box chunk;
     reference: the model's one-call forward from pixels, best mask by predicted IoU, post-processed."""
     model, proc = tiny_sam2()
-    segmenter = GroundedSam.from_models(*detector, model, proc, device="cpu", progress=False, sam_box_chunk=1)
+    segmenter = grounded(*detector, model, proc, device="cpu", progress=False, sam_box_chunk=1)
     images = small_images()
     boxes = [[np.array([[5, 5, 40, 30]], np.float32), np.array([[0, 0, 20, 20], [30, 10, 55, 39]], np.float32)],
              [], [np.zeros((0, 4), np.float32)]]
     with torch.inference_mode():
-        unions = segmenter._sam_union(images, boxes)
+        unions = segmenter.backend.segment(images, boxes)
         enc = proc(images=images[:1], input_boxes=[np.concatenate(boxes[0]).tolist()], return_tensors="pt")
         out = model(pixel_values=enc["pixel_values"], input_boxes=enc["input_boxes"], multimask_output=True)
     best = select_best_masks(out.pred_masks[0], out.iou_scores[0])

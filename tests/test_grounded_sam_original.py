@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures_segment import WORDS, small_images  # noqa: E402
 
 from bench import ModelUnavailableError  # noqa: E402
-from bench.grounded_sam import NO_DETECTION  # noqa: E402
-from bench.grounded_sam_original import GroundedSamOriginal  # noqa: E402
+from bench.grounded_sam import NO_DETECTION, GroundedSam  # noqa: E402
+from bench.grounded_sam_original import OriginalGrounding  # noqa: E402
 
 HAVE_PACKAGES = all(importlib.util.find_spec(m) for m in ("groundingdino", "segment_anything", "torchvision"))
 needs_packages = pytest.mark.skipif(not HAVE_PACKAGES, reason="groundingdino-py / segment-anything live in "
@@ -78,7 +78,7 @@ sub_sentence_present = True
 @pytest.mark.skipif(HAVE_PACKAGES, reason="the packages are installed here; the missing-package error needs an env "
                                           "without them (the default .venv)")
 def test_without_the_packages_one_line_names_the_environment():
-    segmenter = GroundedSamOriginal("missing.pth", "missing_sam.pth")  # building it imports nothing
+    segmenter = GroundedSam(OriginalGrounding("missing.pth", "missing_sam.pth"))  # building it imports nothing
     with pytest.raises(ModelUnavailableError) as err:
         segmenter.check_available()
     assert "\n" not in str(err.value) and "make test-gsam" in str(err.value)
@@ -148,27 +148,27 @@ def segmenter(files, monkeypatch):
         return sam
 
     monkeypatch.setitem(segment_anything.sam_model_registry, "tiny", build_tiny)  # the registry only has full sizes
-    return GroundedSamOriginal(str(files / "gdino.pth"), str(files / "sam.pth"),
-                               groundingdino_config=str(files / "tiny_gdino.py"), sam_type="tiny",
-                               text_encoder=str(files / "bert"), image_size=64, max_size=96, device="cpu",
-                               progress=False)
+    return GroundedSam(OriginalGrounding(str(files / "gdino.pth"), str(files / "sam.pth"),
+                                         groundingdino_config=str(files / "tiny_gdino.py"), sam_type="tiny",
+                                         text_encoder=str(files / "bert"), image_size=64, max_size=96, device="cpu"),
+                       progress=False)
 
 
 @needs_packages
 def test_missing_checkpoint_is_one_line(files):
-    segmenter = GroundedSamOriginal(str(files / "nope.pth"), str(files / "sam.pth"),
-                                    groundingdino_config=str(files / "tiny_gdino.py"), text_encoder=str(files / "bert"))
+    backend = OriginalGrounding(str(files / "nope.pth"), str(files / "sam.pth"),
+                                groundingdino_config=str(files / "tiny_gdino.py"), text_encoder=str(files / "bert"))
     with pytest.raises(ModelUnavailableError) as err:
-        segmenter.check_available()
-    assert "\n" not in str(err.value) and "segmenter.groundingdino_checkpoint=" in str(err.value)
+        GroundedSam(backend).check_available()
+    assert "\n" not in str(err.value) and "segmenter.backend.groundingdino_checkpoint=" in str(err.value)
 
     import torch  # a file that is not a checkpoint of this config: refused, not loaded as random weights
 
     torch.save({"model": {}}, files / "empty.pth")
-    segmenter = GroundedSamOriginal(str(files / "empty.pth"), str(files / "sam.pth"),
-                                    groundingdino_config=str(files / "tiny_gdino.py"), text_encoder=str(files / "bert"))
+    backend = OriginalGrounding(str(files / "empty.pth"), str(files / "sam.pth"),
+                                groundingdino_config=str(files / "tiny_gdino.py"), text_encoder=str(files / "bert"))
     with pytest.raises(ModelUnavailableError, match="matches only 0 of"):
-        segmenter.load()
+        backend.load()
 
 
 @needs_packages
@@ -199,14 +199,14 @@ def test_boxes_and_masks_match_the_packages_own_predict(segmenter):
     from groundingdino.util.inference import predict
 
     image = small_images()[0]
-    segmenter.load()
-    segmenter.box_threshold, segmenter.text_threshold = 0.5, 0.0
+    backend = segmenter.backend
+    backend.load()
     with torch.inference_mode():
-        det = segmenter._detect_pairs([image], ["cat."])[0]
+        det = backend.detect([image], ["cat."])[0]
     mine = det.boxes[det.box_scores >= 0.5]
     tensor = T.Compose([T.RandomResize([64], max_size=96), T.ToTensor(),
                         T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])(image, None)[0]
-    boxes, logits, _ = predict(segmenter._det_model, tensor, "cat", 0.5, 0.0, device="cpu")  # cxcywh, relative
+    boxes, logits, _ = predict(backend._det_model, tensor, "cat", 0.5, 0.0, device="cpu")  # cxcywh, relative
     w, h = image.size
     ref = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1) * torch.tensor([w, h, w, h])
     ref = ref.numpy().copy()
@@ -215,8 +215,8 @@ def test_boxes_and_masks_match_the_packages_own_predict(segmenter):
 
     box = mine[:1]
     with torch.inference_mode():
-        union = segmenter._sam_union([image], [[box]])[0][0]
-    predictor = segmenter._predictor
+        union = backend.segment([image], [[box]])[0][0]
+    predictor = backend._predictor
     predictor.set_image(np.asarray(image))
     masks, scores, _ = predictor.predict(box=box[0], multimask_output=True)
     assert union.shape == (h, w) and np.array_equal(union, masks[scores.argmax()])
@@ -227,17 +227,19 @@ def test_whole_run_with_the_original_backend(files, segmenter, tmp_path, monkeyp
     """segmenter=grounded_sam_original inside a run (tiny_sdxl, 2 samples): masks cached, header names it."""
     import json
 
-    from test_run import cfg_for
+    from helpers import cfg_for
 
     from bench.run import run
 
     monkeypatch.chdir(REPO)
     cfg = cfg_for(["dataset.limit=2", "dataset.seeds=[0]", "model.generation.steps=2",
-                   "segmenter=grounded_sam_original", f"segmenter.groundingdino_checkpoint={files / 'gdino.pth'}",
-                   f"segmenter.sam_checkpoint={files / 'sam.pth'}",
-                   f"segmenter.groundingdino_config={files / 'tiny_gdino.py'}", "segmenter.sam_type=tiny",
-                   f"segmenter.text_encoder={files / 'bert'}", "segmenter.image_size=64", "segmenter.max_size=96",
-                   "segmenter.box_threshold=0", "segmenter.text_threshold=0", f"paths.cache={tmp_path / 'cache'}"])
+                   "segmenter=grounded_sam_original",
+                   f"segmenter.backend.groundingdino_checkpoint={files / 'gdino.pth'}",
+                   f"segmenter.backend.sam_checkpoint={files / 'sam.pth'}",
+                   f"segmenter.backend.groundingdino_config={files / 'tiny_gdino.py'}",
+                   "segmenter.backend.sam_type=tiny", f"segmenter.backend.text_encoder={files / 'bert'}",
+                   "segmenter.backend.image_size=64", "segmenter.backend.max_size=96", "segmenter.box_threshold=0",
+                   "segmenter.text_threshold=0", f"paths.cache={tmp_path / 'cache'}"])
     run(cfg, tmp_path / "run")  # the `segmenter` fixture registered sam_type "tiny"
     assert "pseudo ground truth: grounded_sam_original" in (tmp_path / "run" / "summary.md").read_text()
     metas = [json.loads(f.read_text()) for f in (tmp_path / "cache").glob("segment/*/masks/*.json")]
@@ -252,10 +254,10 @@ def test_batching_does_not_change_detections(segmenter):
 
     image, other = small_images()[:2]
     pairs = [(image, "cat."), (other, "dog."), (image, "teddy bear.")]
-    segmenter.load()
+    segmenter.backend.load()
     with torch.inference_mode():
-        together = segmenter._detect_pairs([im for im, _ in pairs], [p for _, p in pairs])
-        alone = [segmenter._detect_pairs([im], [p])[0] for im, p in pairs]
+        together = segmenter.backend.detect([im for im, _ in pairs], [p for _, p in pairs])
+        alone = [segmenter.backend.detect([im], [p])[0] for im, p in pairs]
     for a, b in zip(together, alone):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
         np.testing.assert_allclose(a.box_scores, b.box_scores, atol=1e-5)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_REFERENCE
 from diffusers import UNet2DConditionModel
+from helpers import SHARED_REFERENCE
 
 from bench.heads import HeadIndex
 from bench.models import SD14_UNET_CONFIG, SDXL_UNET_CONFIG

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 
 from bench.capture import HeadMapCapture
 from bench.perf import (

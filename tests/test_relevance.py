@@ -7,16 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, SHARED_REFERENCE
 from diffusers import UNet2DConditionModel
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
+from helpers import REPO, SHARED_REFERENCE, cfg_for
 
 import bench.relevance
 from bench.aggregate import ranked_heads, word_head_maps
 from bench.cache import StageStore
-from bench.generate import make_samples
+from bench.evaluate import Selective, load_sample, make_context
+from bench.figures import load_overlays
 from bench.heads import HeadIndex
 from bench.models import SD14_UNET_CONFIG, SDXL_UNET_CONFIG
 from bench.prompts import load_prompt_set, token_positions
@@ -30,6 +28,7 @@ from bench.relevance import (
     read_concept_words,
 )
 from bench.run import run
+from bench.samples import make_samples
 from bench.score import heat_to_mask
 from bench.segment import WordMask
 from bench.tokenizer import clip_tokenizer
@@ -116,13 +115,6 @@ def test_prompt_folds_keep_seeds_together():
     with pytest.raises(ValueError, match="2 <= folds <= number of prompts"):
         prompt_folds(ids, 8)
 
-
-def cfg_for(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def open_store(path: Path) -> StageStore:
@@ -221,6 +213,23 @@ def test_oracle_run_marks_folds(random_run, shared_cache, tmp_path, monkeypatch)
     md = (tmp_path / "summary.md").read_text()
     assert "chosen on calibration folds, scored on held-out folds" in md and "oracle[3 folds, held-out]" in md
     assert json.loads((tmp_path / "stats.json").read_text())["generate"]["generated"] == 0
+
+    # fig_overlays shows the heads each held-out fold chose, masked at that fold's tau (recorded while scoring)
+    gen_store = open_store(next(shared_cache.glob("generate/*/stage.json")).parent)
+    mask_store = open_store(next(shared_cache.glob("segment/*/stage.json")).parent)
+    rows = load_prompt_set(REPO / "data/smoke/prompts.jsonl", 3)
+    samples = make_samples(rows, [0, 1], token_positions(clip_tokenizer(), rows))
+    folds = oracle_relevance(samples, gen_store, mask_store, n_folds=3, taus=[0.3, 0.5], seed=0)
+    items = load_overlays(tmp_path / "overlays.pkl")["items"]
+    assert items
+    for item in items:
+        fold = next(f for f in folds if item["sample_id"] in {s.id for s in f.held_out})
+        sample = next(s for s in samples if s.id == item["sample_id"])
+        ctx, _ = load_sample(sample, gen_store, mask_store, make_context(gen_store, fold.relevance))
+        want = Selective("25%").heat_maps(ctx.word_maps[item["word"]], item["word"], ctx)["k=25%"][1]
+        cell = item["maps"]["selective k=25%"]
+        np.testing.assert_array_equal(cell["heat"], want.numpy())
+        assert cell["tau"] == fold.tau == table.loc[table["sample_id"] == sample.id, "tau"].iloc[0]
 
 
 def test_hrv_run_end_to_end(random_run, shared_cache, tmp_path, monkeypatch):

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
+import torch
+from helpers import REPO, cfg_for
+from omegaconf import OmegaConf
 
 from bench import ModelUnavailableError
 from bench.run import build, run
@@ -22,13 +21,6 @@ GROUPS = ["model", "dataset", "segmenter", "relevance", "method", "eval", "logge
 OFFLINE_MODELS = {"tiny_sdxl", "shapes"}  # shapes: the shipped checkpoint in data/shapes/model
 FULL_SIZE_RANDOM = {"sdxl_random"}  # built offline but 2.6B parameters: composed here, run by `make perf`
 
-
-def cfg_for(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def options(group: str) -> list[str]:
@@ -68,6 +60,17 @@ def test_experiments_compose(experiment, monkeypatch):
     assert cfg.title
 
 
+@pytest.mark.parametrize("experiment", ["paper_sdxl_sweep", "selective_vs_daam", "top_vs_bottom_k", "polysemy"])
+def test_sdxl_experiments_build_on_the_paper_setting(experiment, monkeypatch):
+    """They name paper_sdxl in their defaults instead of repeating its overrides, and compose to its model,
+    generation and pseudo ground truth."""
+    monkeypatch.chdir(REPO)
+    defaults = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").defaults
+    assert defaults[0] == "paper_sdxl" and not any("/model" in str(d) or "/segmenter" in str(d) for d in defaults)
+    paper, cfg = cfg_for(["experiment=paper_sdxl"]), cfg_for([f"experiment={experiment}"])
+    assert cfg.model == paper.model and cfg.segmenter == paper.segmenter
+
+
 def test_end_to_end_then_rerun_recomputes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     overrides = ["dataset.limit=3", "dataset.seeds=[0]", "model.generation.steps=2"]
@@ -79,6 +82,10 @@ def test_end_to_end_then_rerun_recomputes_nothing(tmp_path, monkeypatch):
     assert "These numbers only check the pipeline" in md
     first = json.loads((tmp_path / "run1" / "stats.json").read_text())
     assert first["generate"]["generated"] == 3 and first["generate"]["bytes_per_sample"] > 0
+    prov = first["provenance"]  # what produced the numbers, also in the header
+    assert prov["dtype"] == "torch.float32" and prov["device"]["type"] == "cpu"
+    assert prov["versions"]["torch"] == torch.__version__ and set(prov["git"]) == {"commit", "dirty"}
+    assert f"- provenance: git {prov['git']['commit'][:12]}" in md and "- prompts: data/smoke/prompts.jsonl (" in md
 
     calls = []
     import bench.models
@@ -99,6 +106,15 @@ def test_cli_bad_word_fails_in_one_line_before_generation(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: 1 word(s) not found in their prompt's tokens (fix the prompt set): a: 'dog' in 'a cat'")
     assert not list((tmp_path).glob("**/samples/*.pt"))
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # no empty run folder
+
+
+def test_help_names_the_first_run_the_paper_setting_and_a_sweep():
+    proc = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for line in ("make smoke", "make bench", "experiment=paper_sdxl", "-m method.k=", "relevance: hrv, hrv_file"):
+        assert line in proc.stdout
 
 
 def test_image_mode_scores_given_images(tiny, tmp_path, monkeypatch):

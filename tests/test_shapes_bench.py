@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 
 from bench.evaluate import CentredDisc, Context, OtherWord
 from bench.shapes.evalset import write_eval_set
@@ -76,9 +76,10 @@ def shipped_run(tmp_path_factory):
     per shape word, its per-head maps (H, 32, 32), its exact mask and another object's mask (or None)."""
     from bench.aggregate import word_head_maps
     from bench.cache import StageStore
-    from bench.generate import generate_stage, make_samples
+    from bench.generate import generate_stage
     from bench.models import load_shapes
     from bench.prompts import load_prompt_set, token_positions
+    from bench.samples import make_samples
 
     model = load_shapes(str(SHIPPED))
     rows = load_prompt_set(write_eval_set(str(tmp_path_factory.mktemp("eval")), n_scenes=32, first=500))

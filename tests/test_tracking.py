@@ -6,9 +6,8 @@ import time
 import numpy as np
 import pytest
 import wandb
-from conftest import REPO
+from helpers import REPO, synthetic_table
 from omegaconf import OmegaConf
-from test_report import synthetic_table
 
 from bench.figures import write_figures
 from bench.report import summarise
@@ -16,7 +15,7 @@ from bench.run import build
 from bench.tracking import Logger, WandbLogger
 
 
-def test_wandb_offline_run_holds_config_summary_and_tables(tmp_path, monkeypatch):
+def test_wandb_offline_run_holds_config_summary_and_tables(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     table = synthetic_table(n_prompts=6, taus=(0.4,))
     summary = summarise(table)
@@ -24,15 +23,20 @@ def test_wandb_offline_run_holds_config_summary_and_tables(tmp_path, monkeypatch
     summary.to_csv(tmp_path / "summary.csv", index=False)
     (tmp_path / "summary.md").write_text("# test\n")
     image = np.zeros((32, 32, 3), np.uint8)
-    overlays = {"tau": 0.4, "items": [{"title": "p1 s0: w0", "image": image, "ref": np.eye(32, dtype=bool),
-                                       "maps": {"daam all": np.random.rand(16, 16).astype(np.float32)}}]}
+    cell = {"heat": np.random.rand(16, 16).astype(np.float32), "mask": np.eye(32, dtype=bool), "tau": 0.4}
+    overlays = {"items": [{"title": "p1 s0: w0", "image": image, "ref": np.eye(32, dtype=bool),
+                           "maps": {"daam all": cell}}]}
     figures = write_figures(summary, tmp_path, overlays=overlays)
     cfg = OmegaConf.create({"title": "tracking test", "eval": {"tau": 0.4}, "size": "${eval.tau}"})
     logger = WandbLogger(project="bench-test", tags=["test"])
     with logger.session(cfg, tmp_path):
-        logger.log_results(tmp_path, table, summary, figures, overlays)
+        logger.log_results(tmp_path, table, summary, figures, overlays, {"git": {"commit": "abc123", "dirty": False}})
     assert wandb.run is None and logger.run is None  # finished
     run_dir, = (tmp_path / "wandb").glob("offline-run-*")
+    out = capsys.readouterr()
+    last = out.out.strip().splitlines()[-1]
+    assert last == f"W&B run stored offline in {run_dir}; upload it with: wandb sync {run_dir}"
+    assert "Symlinked" not in out.out + out.err
     files = run_dir / "files"
     assert OmegaConf.load(files / "config_resolved.yaml") == {"title": "tracking test", "eval": {"tau": 0.4},
                                                               "size": 0.4}
@@ -48,6 +52,7 @@ def test_wandb_offline_run_holds_config_summary_and_tables(tmp_path, monkeypatch
     while b"daam/all/tau=0.4/mIoU" not in log.read_bytes() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert b"tracking test" in log.read_bytes() and b"daam/all/tau=0.4/mIoU" in log.read_bytes()
+    assert b"abc123" in log.read_bytes()  # provenance in the config
 
 
 def test_wandb_run_is_finished_when_a_stage_fails(tmp_path, monkeypatch):

@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import PIL.Image
+import torch
 
+from bench.score import iou
 from bench.segment import Segmenter, WordMask
 from bench.shapes.world import (
     MAX_SIZE,
@@ -112,5 +114,6 @@ def colour_segmenter_agreement(n_renders: int) -> float:
         pseudo = ColourSegmenter().segment([PIL.Image.fromarray(image)], [words], [{"prompt": text}])[0]
         for word in words:
             pred, ref = pseudo[word].mask, masks[word]
-            ious.append((pred & ref).sum() / max((pred | ref).sum(), 1) if pred is not None else 0.0)
+            both_empty_or_missing = pred is None or not (pred.any() or ref.any())  # counted as 0
+            ious.append(0.0 if both_empty_or_missing else float(iou(torch.from_numpy(pred), torch.from_numpy(ref))))
     return float(np.mean(ious))
