@@ -75,7 +75,8 @@ class HeadMapCapture(Attn2Hooks):
 
     Per attn2 call the work is `target_probs` plus one in-place add into a preallocated view, all on the
     UNet's device: no host-device synchronisation. `compile=True` runs that work through torch.compile
-    (one fused kernel after the matmul); None (default) compiles on CUDA where Triton is available.
+    (fusing what follows the matmul into a few kernels); None (default) compiles on CUDA where Triton is
+    available and stays eager elsewhere (on CPU, compiling takes ~40 s once and did not speed the tiny model).
     """
 
     def __init__(self, unet: torch.nn.Module, head_index: HeadIndex, token_indices: list[list[int]],

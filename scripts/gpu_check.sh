@@ -7,7 +7,7 @@
 #              the denoising loop, parity with daam.trace in fp16 (pytest -m gpu, tiny_sdxl on the GPU)
 #   perf       bench.perf on sdxl_random, fp16, 1024 px, batch 1 and 4, at 20 steps (with daam.trace) and 50 steps
 #   pipeline   `python -m bench experiment=paper_sdxl_sweep` (one job, relevance=random) on sdxl_random at 1024 px,
-#              16 COCO-80 prompts x 2 seeds, full-size random Grounded-SAM (Swin-B + ViT-H): per-stage seconds,
+#              10 steps, 16 COCO-80 prompts x 2 seeds, full-size random Grounded-SAM (Swin-B + ViT-H): per-stage seconds,
 #              peak GPU memory, bytes stored, and the projected time and disk of `make bench EXP=paper_sdxl_sweep`
 #   hrv_start_token_share  slot for issue 15 (per-layer start-token share of the softmax); skipped until wired
 # After every phase, OUT/gpu_rehearsal_<card>.json and .md are rewritten from what has finished; perf writes
@@ -36,8 +36,9 @@ else
   BUDGET=${BUDGET:-470}
   PERF=(model=sdxl_random dataset=coco80 --batch-sizes 1 4 --steps 20 50 --runs 3 --warmup 1 --runs-at 50:2
         --daam-steps 20)
-  PIPE=(model=sdxl_random segmenter=grounded_sam_random model.generation.steps=20 dataset.limit=16
-        'dataset.seeds=[0,1]')
+  # 10 steps: the projection takes generation's cost from perf at 50 steps; scoring on 8 of the 16 cores
+  PIPE=(model=sdxl_random segmenter=grounded_sam_random model.generation.steps=10 dataset.limit=16
+        'dataset.seeds=[0,1]' eval.workers=8)
 fi
 WHEELS=${WHEELS:-.gpu_wheels}
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT_DIR"
@@ -100,13 +101,14 @@ diffusers.__version__, '| transformers', transformers.__version__, '| daam', daa
 CARD=${CARD:-$(card_name)}  # torch is preinstalled there; the wheels add only pure-Python packages
 run_phase setup 120 setup
 
-run_phase gpu_tests "$(( $(left) < 100 ? $(left) : 100 ))" \
+# time caps: perf leaves >= 120 s to the pipeline; each report after a phase takes a few seconds
+run_phase gpu_tests "$(( $(left) < 80 ? $(left) : 80 ))" \
   "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_capture.py tests/test_perf.py tests/test_daam_parity.py
 
-run_phase perf "$(( $(left) - 150 < 270 ? $(left) - 150 : 270 ))" \
+run_phase perf "$(( $(left) - 120 < 240 ? $(left) - 120 : 240 ))" \
   "$PY" -m bench.perf "${PERF[@]}" --profile --out "$OUT_DIR" --tag "$CARD"
 
-run_phase pipeline "$(( $(left) - 15 ))" \
+run_phase pipeline "$(( $(left) - 10 ))" \
   "$PY" -m bench.rehearsal pipeline --work "$WORK" -- experiment=paper_sdxl_sweep relevance=random "${PIPE[@]}"
 
 # --- slot: hrv_start_token_share (issue 15: per-layer share of the start token in the attn2 softmax, for HRV) ---

@@ -184,13 +184,16 @@ class HostSyncSpy:
 
 def test_capture_calls_nothing_that_syncs_inside_the_loop(tiny, monkeypatch):
     """CPU stand-in for the CUDA sync count: inside every attn2 call, the capture's own code (`_record`) calls
-    none of the tensor methods that block on a GPU; `maps()` after the loop may."""
+    none of the tensor methods that block on a GPU, and writes into accumulators allocated on entry; `maps()`
+    after the loop may sync."""
     spy = HostSyncSpy(monkeypatch)
     spy.arm_around(monkeypatch, HeadMapCapture, "_record")
     index = tiny.head_index()
     with HeadMapCapture(tiny.unet, index, TOKENS, n_steps=STEPS, step_buckets=2) as capture:
+        allocated = {res: acc.data_ptr() for res, acc in capture._acc.items()}  # accumulators exist before the loop
         generate(tiny, PROMPTS, SEEDS)
     assert capture.step == STEPS and spy.calls == []
+    assert {res: acc.data_ptr() for res, acc in capture._acc.items()} == allocated  # and are never reallocated
     spy.armed = True  # the spy itself sees these calls: maps to the host after the loop are counted
     capture.maps()[index.resolutions[0]].cpu()
     assert spy.calls

@@ -6,8 +6,9 @@ import pytest
 
 from bench.rehearsal import SWEEP, project_sweep, record_phase, report
 
-PIPELINE = {"images": 32, "steps": 20, "seconds_per_image": {"generate_capture": 2.0, "segment": 0.5,
-                                                             "build_evaluate_report": 1.0},
+PIPELINE = {"images": 32, "steps": 20, "seconds_per_image": {"build": 1.25, "generate_capture": 2.0, "segment": 0.5,
+                                                             "evaluate_report": 1.0},
+            "stage_seconds": {"build": 40.0, "generate_capture": 64.0, "segment": 16.0, "evaluate_report": 32.0},
             "stored_bytes_per_image": {"generate": 5_000_000, "segment": 20_000}, "run_outputs_bytes": 3_200_000}
 
 
@@ -16,8 +17,8 @@ def test_projection_from_pipeline_rates_scales_generation_by_steps():
     images = SWEEP["prompts"] * SWEEP["seeds"]
     assert images == 900 and SWEEP["jobs"] == 12
     assert proj["seconds"] == {"generate_capture": round(900 * 2.0 * 50 / 20), "segment": 450,
-                               "evaluate_report": 12 * 900}
-    assert proj["total_hours"] == pytest.approx((4500 + 450 + 10800) / 3600, abs=0.01)
+                               "evaluate_report": 12 * 900, "build": 12 * 40}
+    assert proj["total_hours"] == pytest.approx((4500 + 450 + 10800 + 480) / 3600, abs=0.01)
     assert proj["disk_bytes"] == {"generate": 900 * 5_000_000, "segment": 900 * 20_000,
                                   "run_outputs": 12 * 900 * 100_000}
 
@@ -36,9 +37,7 @@ def test_report_keeps_finished_phases_when_others_failed(tmp_path):
     assert first["phases"]["gpu_tests"]["status"] == "failed (exit 1)"
     assert first["phases"]["pipeline"]["status"] == "not run" and first["projection"] is None
     record_phase(work, "pipeline", "ok", 100.0, result={**PIPELINE, "overrides": [], "batch_size": 4,
-                                                        "segmenter": "x", "wall_s": 96.0,
-                                                        "stage_seconds": {"generate_capture": 64.0, "segment": 16.0,
-                                                                          "build_evaluate_report": 32.0},
+                                                        "segmenter": "x", "wall_s": 152.0,
                                                         "peak_memory_bytes": None, "maps_bytes_per_sample": 1})
     saved = json.loads((out / "gpu_rehearsal_h200.json").read_text())
     assert saved["phases"]["pipeline"]["status"] == "not run"  # files change only when report runs
