@@ -133,6 +133,7 @@ def report(work: Path, out: Path, card: str, budget_s: float | None = None) -> d
               "versions": versions(), "budget_s": budget_s,
               "total_s": round(sum(p.get("seconds", 0.0) for p in phases.values()), 1), "phases": phases,
               "perf": {name: {"steps": r["steps"], "comparison": r["comparison"]} for name, r in perf.items()},
+              "stage_seconds": pipeline["stage_seconds"] if pipeline else None,  # the pipeline's, for checkers
               "projection": project_sweep(pipeline, perf50) if pipeline else None}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"gpu_rehearsal_{card}.json").write_text(json.dumps(result, indent=1) + "\n")

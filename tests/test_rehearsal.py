@@ -43,5 +43,5 @@ def test_report_keeps_finished_phases_when_others_failed(tmp_path):
     assert saved["phases"]["pipeline"]["status"] == "not run"  # files change only when report runs
     second = report(work, out, "h200", 470)
     assert second["phases"]["gpu_tests"]["status"] == "failed (exit 1)" and second["projection"]["total_gb"] > 0
-    assert second["total_s"] == 112.0
+    assert second["total_s"] == 112.0 and second["stage_seconds"]["segment"] == 16.0
     assert "Projected `make bench EXP=paper_sdxl_sweep`" in (out / "gpu_rehearsal_h200.md").read_text()
