@@ -158,11 +158,12 @@ def _syncs_inside_loop(model, run, steps: int) -> list[str]:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_capture_adds_no_stream_syncs_on_cuda():
+def test_capture_adds_no_stream_syncs_on_cuda(monkeypatch):
     """Between the first and the last UNet call the capture adds no host-device synchronisation (the scheduler's
     own, if any, are in both counts); moving the maps to the host after the loop is allowed."""
     from bench.models import build_tiny_sdxl
 
+    monkeypatch.chdir(REPO)  # the default dataset's path is relative to the checkout
     model = build_tiny_sdxl(device="cuda")
     rows = load_prompt_set(compose_config([]).dataset.path)[:2]
     samples = make_samples(rows, [0], token_positions(model.tokenizer, rows))
