@@ -76,7 +76,7 @@ perf:  ## capture cost vs plain generation and daam.trace on tiny_sdxl, 1 CPU th
 gpu-wheels:  ## pure-Python wheels scripts/gpu_check.sh installs offline on a GPU machine -> .gpu_wheels/ (no torch)
 	PY=$(PY) scripts/gpu_wheels.sh .gpu_wheels
 
-gpu-check:  ## on a GPU machine (carry .gpu_wheels): sdxl_random at 1024 px fp16, batch 1 and 4 -> OUT (if set) or results/reference
+gpu-check:  ## GPU dress rehearsal, <= 8 min (carry .gpu_wheels): tests, perf, paper pipeline -> OUT or results/reference; GPU_CHECK_DRY=1 on CPU
 	bash scripts/gpu_check.sh
 
 lint:  ## ruff

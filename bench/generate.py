@@ -57,12 +57,13 @@ class CapturedBatch:
 
 def capture_batch(model: T2IModel, head_index: HeadIndex, batch: list[Sample], source: str, steps: int,
                   guidance_scale: float, store_dtype: str = "float16", step_buckets: int = 1,
-                  capture_eot: bool = False) -> CapturedBatch:
-    """One batch through the model inside a HeadMapCapture; each sample's maps as they are stored."""
+                  capture_eot: bool = False, compile: bool | None = None) -> CapturedBatch:
+    """One batch through the model inside a HeadMapCapture (`compile`: see HeadMapCapture); each sample's maps as
+    they are stored."""
     slots = [sample_slots(s, len(model.tokenizer(s.row.prompt, truncation=True).input_ids) - 1
                           if capture_eot else None) for s in batch]
     with torch.inference_mode(), HeadMapCapture(model.unet, head_index, [t for t, _ in slots],
-                                                n_steps=steps, step_buckets=step_buckets) as capture:
+                                                n_steps=steps, step_buckets=step_buckets, compile=compile) as capture:
         images = run_batch(model, batch, source, steps, guidance_scale)
     with torch.profiler.record_function("capture.maps_to_storage"):
         maps = capture.maps()  # res -> (B, S, H_r, T_max, h, w) fp32

@@ -16,6 +16,17 @@ from bench.grounded_sam import GroundedSam, TransformersGrounding
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."]  # "." is GroundingDINO's phrase separator
 
 
+def word_tokenizer(words: list[str]):
+    """BertTokenizer whose vocabulary is the special tokens plus the words' lower-cased parts (others: [UNK])."""
+    from transformers import BertTokenizer
+
+    vocab = SPECIAL_TOKENS + sorted({t for w in words for t in w.lower().split()} - set(SPECIAL_TOKENS))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vocab.txt"
+        path.write_text("\n".join(vocab) + "\n")
+        return BertTokenizer(str(path))  # reads the file now
+
+
 def tiny_detector(words: list[str], seed: int = 0, num_queries: int = 12):
     """(GroundingDinoForObjectDetection, GroundingDinoProcessor) with random weights; the BERT vocabulary is
     the special tokens plus `words` (other words tokenise to [UNK]). Nothing is downloaded."""
@@ -23,18 +34,14 @@ def tiny_detector(words: list[str], seed: int = 0, num_queries: int = 12):
     import transformers
     from transformers import (
         BertConfig,
-        BertTokenizer,
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
         GroundingDinoProcessor,
         SwinConfig,
     )
 
-    vocab = SPECIAL_TOKENS + sorted({t for w in words for t in w.lower().split()} - set(SPECIAL_TOKENS))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "vocab.txt"
-        path.write_text("\n".join(vocab) + "\n")
-        tokenizer = BertTokenizer(str(path))  # reads the file now
+    tokenizer = word_tokenizer(words)
+    vocab = tokenizer.vocab
     backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
                           num_heads=[1, 1, 1, 1], window_size=2, out_indices=[3, 4])
     text = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

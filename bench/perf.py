@@ -126,8 +126,9 @@ def run_plain(model: T2IModel, batch: list[Sample], steps: int, guidance: float)
 
 
 def run_capture(model: T2IModel, head_index: HeadIndex, batch: list[Sample], steps: int, guidance: float,
-                store_dtype: str, step_buckets: int) -> dict:
-    done = capture_batch(model, head_index, batch, "generated", steps, guidance, store_dtype, step_buckets)
+                store_dtype: str, step_buckets: int, compile: bool | None = None) -> dict:
+    done = capture_batch(model, head_index, batch, "generated", steps, guidance, store_dtype, step_buckets,
+                         compile=compile)
     extra, stored = done.extra_bytes, done.maps
     per_sample = [sum(t.numel() * t.element_size() for t in maps.values()) for maps in stored]
     return {"extra_bytes": extra, "bytes_per_sample": int(statistics.mean(per_sample))}
@@ -161,12 +162,13 @@ def _timed(fn, device: torch.device) -> tuple[float, int | None, dict]:
 
 def measure(model: T2IModel, samples: list[Sample], batch_sizes: list[int], steps: int, guidance: float,
             runs: int, warmup: int, store_dtype: str = "float16", step_buckets: int = 1,
-            with_daam: bool = True) -> list[dict]:
+            with_daam: bool = True, compile: bool | None = None) -> list[dict]:
     """Median timings of every (mode, batch size); daam runs at batch 1 only (its only mode)."""
     head_index = model.head_index()
     runners = {
         "plain": lambda b: run_plain(model, samples[:b], steps, guidance),
-        "capture": lambda b: run_capture(model, head_index, samples[:b], steps, guidance, store_dtype, step_buckets),
+        "capture": lambda b: run_capture(model, head_index, samples[:b], steps, guidance, store_dtype, step_buckets,
+                                         compile),
         "daam": lambda b: run_daam(model, samples[0], steps, guidance),
     }
     jobs = [(mode, b) for b in batch_sizes for mode in ("plain", "capture")] + ([("daam", 1)] if with_daam else [])
@@ -220,7 +222,7 @@ def _ops_inside(events, label: str, top: int) -> list[dict]:
 
 
 def profile(model: T2IModel, samples: list[Sample], batch_size: int, steps: int, guidance: float,
-            store_dtype: str = "float16", step_buckets: int = 1, top: int = 8) -> dict:
+            store_dtype: str = "float16", step_buckets: int = 1, top: int = 8, compile: bool | None = None) -> dict:
     """torch.profiler over one plain and one capture generation: where the capture's extra time goes."""
     head_index = model.head_index()
     cuda = model.device.type == "cuda"
@@ -233,7 +235,8 @@ def profile(model: T2IModel, samples: list[Sample], batch_size: int, steps: int,
             if mode == "plain":
                 run_plain(model, batch, steps, guidance)
             else:
-                capture_batch(model, head_index, batch, "generated", steps, guidance, store_dtype, step_buckets)
+                capture_batch(model, head_index, batch, "generated", steps, guidance, store_dtype, step_buckets,
+                              compile=compile)
             if cuda:
                 torch.cuda.synchronize(model.device)
             wall = time.perf_counter() - start
@@ -338,7 +341,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n")[0])
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=sdxl_random dataset=coco80")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--steps", type=int, default=None, help="default: the model config's generation.steps")
+    p.add_argument("--steps", type=int, nargs="+", default=None,
+                   help="default: the model config's generation.steps; several: one report each, "
+                        "perf_<tag>_<N>steps.json, from one model build")
+    p.add_argument("--runs-at", type=str, nargs="*", default=[], metavar="STEPS:RUNS",
+                   help="fewer timed runs at some step counts, e.g. 50:2 (the warm-up runs only before the first)")
+    p.add_argument("--daam-steps", type=int, nargs="*", default=None,
+                   help="step counts that also time daam.trace (default: all)")
+    p.add_argument("--capture-compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile of the capture's per-call kernel (auto: on CUDA with Triton)")
     p.add_argument("--runs", type=int, default=3, help="timed repetitions (the median is reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -352,14 +363,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Measure and write one report per step count; returns the last report."""
     args = parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         raise ValueError("need --runs >= 1, --warmup >= 0 and batch sizes >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = compose_config(args.overrides)
-    steps = args.steps or int(cfg.model.generation.steps)
-    guidance = float(cfg.model.generation.guidance_scale)
+    step_counts = args.steps or [int(cfg.model.generation.steps)]
+    runs_at = {int(k): int(v) for k, v in (item.split(":") for item in args.runs_at)}
+    compile = {"auto": None, "on": True, "off": False}[args.capture_compile]
     rows = load_prompt_set(cfg.dataset.path)
     n = max(args.batch_sizes)
     if len(rows) < n:
@@ -373,41 +386,60 @@ def main(argv: list[str] | None = None) -> dict:
     build_s = time.perf_counter() - t0
     seed = int(cfg.dataset.seeds[0])
     samples = make_samples(rows[:n], [seed], token_positions(model.tokenizer, rows[:n]))
-    timings = measure(model, samples, args.batch_sizes, steps, guidance, args.runs, args.warmup,
-                      cfg.capture.store_dtype, cfg.capture.step_buckets, with_daam=not args.no_daam)
+    result = {}
+    for i, steps in enumerate(step_counts):
+        with_daam = not args.no_daam and (args.daam_steps is None or steps in args.daam_steps)
+        runs, warmup = runs_at.get(steps, args.runs), args.warmup if i == 0 else 0
+        result = measure_once(args, cfg, model, samples, steps, runs, warmup, with_daam, compile, build_s,
+                              load_before, profile_this=args.profile and i == 0, argv=argv)
+        tag = args.tag or default_tag(result["device"])
+        json_path, md_path = write_report(result, args.out, f"{tag}_{steps}steps" if len(step_counts) > 1 else tag)
+        print(to_markdown(result))
+        print(f"wrote {json_path} and {md_path}")
+    return result
+
+
+def measure_once(args: argparse.Namespace, cfg: DictConfig, model: T2IModel, samples: list[Sample], steps: int,
+                 runs: int, warmup: int, with_daam: bool, compile: bool | None, build_s: float, load_before: float,
+                 profile_this: bool, argv: list[str] | None) -> dict:
+    """One report: timings, comparison, floors and (optionally) the profile at `steps`."""
+    guidance = float(cfg.model.generation.guidance_scale)
+    timings = measure(model, samples, args.batch_sizes, steps, guidance, runs, warmup,
+                      cfg.capture.store_dtype, cfg.capture.step_buckets, with_daam=with_daam, compile=compile)
     rows_cmp = compare(timings)
     device = {**device_info(model.device), "load_average_1min_before": load_before}
     setting = device["type"] == "cuda" and min(model.height, model.width) >= 1024
     notes = args.note + [f"model built in {build_s:.1f} s",
              "capture = bench.generate's path (HeadMapCapture with the target tokens, maps summed over steps, "
-             f"moved to CPU as {cfg.capture.store_dtype}), without writing files",
+             f"moved to CPU as {cfg.capture.store_dtype}), without writing files; per-call kernel compiled: "
+             f"{args.capture_compile}",
              "daam = daam.trace around the same pipeline call + compute_global_heat_map + the target words' maps "
              "to CPU; its 'extra held' is the per-head maps of all 77 tokens it accumulates",
              "capture state = HeadMapCapture.extra_bytes (its accumulators); capture_extra_gb = the larger of that "
              "and the peak-memory delta"]
+    if warmup == 0:
+        notes.append("no warm-up runs here: an earlier step count in the same process warmed up")
     if device["type"] == "cpu":
         notes.append("CPU: no accelerator memory to read (peak memory n/a); times vary with other load on the "
                      "machine (load average in `device`), hence interleaved modes, medians and the paired overhead "
                      "(median over runs of each run's capture vs plain time)")
-    result = {
+    return {
         "benchmark": "capture overhead and throughput vs plain generation and daam.trace",
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": "python -m bench.perf " + shlex.join(sys.argv[1:] if argv is None else argv),
         "device": device, "model": model.name, "dtype": str(model.dtype).removeprefix("torch."),
         "resolution": [model.height, model.width], "n_heads": len(model.head_index()), "steps": steps,
-        "guidance_scale": guidance, "batch_sizes": args.batch_sizes, "runs": args.runs, "warmup": args.warmup,
+        "guidance_scale": guidance, "batch_sizes": args.batch_sizes, "runs": runs, "warmup": warmup,
         "store_dtype": cfg.capture.store_dtype, "step_buckets": cfg.capture.step_buckets,
-        "prompts": [s.row.prompt for s in samples], "words": [list(s.positions) for s in samples], "seed": seed,
-        "versions": versions(), "model_config": OmegaConf.to_container(cfg.model.loader),
+        "capture_compile": args.capture_compile,
+        "prompts": [s.row.prompt for s in samples], "words": [list(s.positions) for s in samples],
+        "seed": samples[0].seed, "versions": versions(), "model_config": OmegaConf.to_container(cfg.model.loader),
         "timings": timings, "comparison": rows_cmp, "floors": check_floors(rows_cmp, setting),
         "profile": profile(model, samples, max(args.batch_sizes), min(steps, args.profile_steps), guidance,
-                           cfg.capture.store_dtype, cfg.capture.step_buckets) if args.profile else None,
+                           cfg.capture.store_dtype, cfg.capture.step_buckets, compile=compile)
+        if profile_this else None,
         "notes": notes,
     }
-    json_path, md_path = write_report(result, args.out, args.tag or default_tag(device))
-    print(to_markdown(result))
-    print(f"wrote {json_path} and {md_path}")
-    return result
 
 
 if __name__ == "__main__":

@@ -1,70 +1,127 @@
 #!/usr/bin/env bash
-# GPU performance check (issue 7): sdxl_random (SDXL base 1.0 at full size, seeded random weights, built on the GPU)
-# at 1024 px fp16, batch 1 and 4: plain generation vs our capture vs daam.trace, with a profile of the capture call.
+# GPU dress rehearsal of the paper pipeline (issue 12): ONE call, at most ~8 min on one H100/H200 with no network.
 #
-# For one H100/H200 with no network and PyTorch preinstalled: on a machine with pip access first run
-# `make gpu-wheels` (pure-Python wheels into .gpu_wheels/, ~20 MiB), carry that folder, then run
-# `bash scripts/gpu_check.sh`. It installs the wheels with --no-index --no-deps (torch is never touched, and a package
-# already there is kept), prints what it found, and writes perf_<gpu>.json/.md into $OUT (the device tool's output
-# folder) if set, else results/reference/. About 4-5 min on an H100 (model init ~1 min); it stops itself at 7.5 min.
-# Overridable: PY, WHEELS, MODEL, STEPS, RUNS, WARMUP, BATCH_SIZES, PERF_TIMEOUT (seconds).
-set -euo pipefail
+# Phases, each guarded by its own time limit (a failing or slow phase never loses the others' results):
+#   setup      install the carried pure-Python wheels (`make gpu-wheels` builds .gpu_wheels/; torch is never touched)
+#   gpu_tests  the CUDA tests: capture vs the float64 eager reference in fp16, image invariance, no syncs inside
+#              the denoising loop, parity with daam.trace in fp16 (pytest -m gpu, tiny_sdxl on the GPU)
+#   perf       bench.perf on sdxl_random, fp16, 1024 px, batch 1 and 4, at 20 steps (with daam.trace) and 50 steps
+#   pipeline   `python -m bench experiment=paper_sdxl_sweep` (one job, relevance=random) on sdxl_random at 1024 px,
+#              10 steps, 16 COCO-80 prompts x 2 seeds, full-size random Grounded-SAM (Swin-B + ViT-H): per-stage seconds,
+#              peak GPU memory, bytes stored, and the projected time and disk of `make bench EXP=paper_sdxl_sweep`
+#   hrv_start_token_share  slot for issue 15 (per-layer start-token share of the softmax); skipped until wired
+# After every phase, OUT/gpu_rehearsal_<card>.json and .md are rewritten from what has finished; perf writes
+# OUT/perf_<card>_<N>steps.json/.md. OUT is $OUT (the device tool's output folder) if set, else results/reference.
+#
+# GPU_CHECK_DRY=1: the same phases on CPU in a few minutes (tiny_sdxl, grounded_sam_tiny, 2-3 steps, card
+# "dry_cpu", the local .venv, no wheels): proves the script end to end where no GPU is lent.
+# Overridable: PY, WHEELS, OUT, WORK, BUDGET (seconds for all phases), CARD.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-WHEELS=${WHEELS:-.gpu_wheels}
-OUT_DIR=${OUT:-results/reference}
-MODEL=${MODEL:-sdxl_random}
-STEPS=${STEPS:-20}
-RUNS=${RUNS:-3}
-WARMUP=${WARMUP:-1}
-BATCH_SIZES=${BATCH_SIZES:-1 4}
-PERF_TIMEOUT=${PERF_TIMEOUT:-390}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg BENCH_CACHE=${BENCH_CACHE:-/tmp/bench_cache}
 start=$(date +%s)
-mkdir -p "$OUT_DIR"
-
-echo "== found"
-"$PY" -V
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-"$PY" - <<'PYEOF'
-import importlib.metadata as md
-names = ["torch", "numpy", "pillow", "scipy", "matplotlib", "pandas", "transformers", "huggingface_hub", "tokenizers",
-         "safetensors", "diffusers", "daam", "hydra-core", "omegaconf", "open_clip_torch", "spacy"]
-def version(name):
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return "-"
-print("packages: " + ", ".join(f"{n} {version(n)}" for n in names))
-import torch
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}"
-      + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-PYEOF
-
-echo "== install from $WHEELS (no index, no deps)"
-if [ ! -d "$WHEELS" ]; then echo "error: $WHEELS is missing: run 'make gpu-wheels' where pip works and carry it" >&2; exit 2; fi
-torch_before=$("$PY" -c "import torch; print(torch.__version__, torch.__file__)")
-names=$(ls "$WHEELS" | grep -E '\.whl$' | sed -E 's/-.*//' | tr '\n' ' ')
-"$PY" -m pip install --no-index --find-links "$WHEELS" --no-deps --disable-pip-version-check $names 2>&1 \
-  | grep -vE '^\s*$' || true
-torch_after=$("$PY" -c "import torch; print(torch.__version__, torch.__file__)")
-if [ "$torch_before" != "$torch_after" ]; then echo "error: torch changed ($torch_before -> $torch_after)" >&2; exit 3; fi
-if ! "$PY" -c "import spacy" 2>/dev/null; then
-  echo "spaCy is not installed: using the stand-in in scripts/offline_stubs (daam imports it; trace never uses it)"
-  export PYTHONPATH="$PWD/scripts/offline_stubs${PYTHONPATH:+:$PYTHONPATH}"
+DRY=${GPU_CHECK_DRY:-0}
+OUT_DIR=${OUT:-results/reference}
+WORK=${WORK:-/tmp/gpu_check}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$DRY" = 1 ]; then
+  PY=${PY:-.venv/bin/python}
+  BUDGET=${BUDGET:-600}  # a shared 2-core CPU is slower than the GPU machine, whatever the model size
+  PERF=(model=tiny_sdxl dataset=smoke --batch-sizes 1 2 --steps 2 3 --runs 1 --warmup 0 --runs-at 3:1
+        --daam-steps 2 --threads 1)
+  PIPE=(model=tiny_sdxl dataset=smoke segmenter=grounded_sam_tiny model.generation.steps=2 dataset.limit=4
+        'dataset.seeds=[0]')
+  CARD=${CARD:-dry_cpu}
+else
+  PY=${PY:-python3}
+  BUDGET=${BUDGET:-480}  # 8 minutes; the device tool's command limit is 10
+  PERF=(model=sdxl_random dataset=coco80 --batch-sizes 1 4 --steps 20 50 --runs 3 --warmup 1 --runs-at 50:2
+        --daam-steps 20)
+  # 10 steps: the projection takes generation's cost from perf at 50 steps; scoring on 8 of the 16 cores
+  PIPE=(model=sdxl_random segmenter=grounded_sam_random model.generation.steps=10 dataset.limit=16
+        'dataset.seeds=[0,1]' eval.workers=8)
 fi
-"$PY" -c "import diffusers, transformers, daam, bench.perf; print('imports ok: diffusers', diffusers.__version__, \
-'| transformers', transformers.__version__, '| daam', daam.__version__)"
-echo "setup took $(( $(date +%s) - start )) s"
+WHEELS=${WHEELS:-.gpu_wheels}
+rm -rf "$WORK" && mkdir -p "$WORK" "$OUT_DIR"
+export BENCH_CACHE_DIR="$WORK/cache" BENCH_RUNS_DIR="$WORK/runs" TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"
 
-echo "== gpu test: the capture adds no CUDA stream synchronisations (tiny_sdxl)"
-"$PY" -m pytest -q -m gpu tests/test_perf.py -p no:cacheprovider 2>&1 | tail -3 || true
+left() { echo $(( BUDGET - ($(date +%s) - start) )); }
+card_name() {  # "NVIDIA H200" -> h200, "NVIDIA H100 80GB HBM3" -> h100
+  "$PY" -c "import re, torch; n = torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'; \
+print(re.sub(r'[^a-z0-9]+', '_', re.sub(r'^nvidia ', '', n.lower()).split()[0]).strip('_'))"
+}
+report() { "$PY" -m bench.rehearsal report --work "$WORK" --out "$OUT_DIR" --card "$CARD" --budget "$BUDGET" \
+  >"$WORK/report.log" 2>&1 || { echo "warning: the report failed:"; tail -5 "$WORK/report.log"; }; }
+# run_phase NAME LIMIT_S CMD...: runs CMD under `timeout`, logs to WORK/NAME.log, records the status, reports
+run_phase() {
+  local name=$1 limit=$2; shift 2
+  local t0 rc status
+  t0=$(date +%s)
+  if [ "$limit" -lt 20 ]; then
+    echo "== $name: skipped, ${limit} s left of the ${BUDGET} s budget"
+    "$PY" -m bench.rehearsal phase --work "$WORK" --name "$name" --status "skipped (no time left)" --seconds 0
+    report; return
+  fi
+  echo "== $name (at most ${limit} s; $(( $(date +%s) - start )) s elapsed)"
+  if [ "$(type -t "$1")" = function ]; then  # a function of this script (setup): `timeout` runs programs only
+    "$@" >"$WORK/$name.log" 2>&1; rc=$?
+  else
+    timeout "$limit" "$@" >"$WORK/$name.log" 2>&1; rc=$?
+  fi
+  tail -25 "$WORK/$name.log"
+  case $rc in 0) status=ok ;; 124) status="timed out after ${limit} s" ;; *) status="failed (exit $rc)" ;; esac
+  # the pipeline phase records its own result when it succeeds; every other outcome is recorded here
+  if [ "$name" != pipeline ] || [ "$rc" != 0 ]; then
+    "$PY" -m bench.rehearsal phase --work "$WORK" --name "$name" --status "$status" \
+      --seconds $(( $(date +%s) - t0 )) --log "$WORK/$name.log"
+  fi
+  echo "== $name: $status in $(( $(date +%s) - t0 )) s"
+  report
+}
 
-echo "== perf: $MODEL, batch sizes $BATCH_SIZES, $STEPS steps, $RUNS runs after $WARMUP warm-up"
-status=0
-timeout "$PERF_TIMEOUT" "$PY" -m bench.perf "model=$MODEL" dataset=coco80 --batch-sizes $BATCH_SIZES \
-  --steps "$STEPS" --runs "$RUNS" --warmup "$WARMUP" --profile --out "$OUT_DIR" || status=$?
-[ "$status" = 124 ] && echo "error: bench.perf ran past ${PERF_TIMEOUT} s; rerun with fewer RUNS or STEPS" >&2
-echo "== done in $(( $(date +%s) - start )) s (exit $status); files in $OUT_DIR:"
-ls -l "$OUT_DIR"
-exit "$status"
+setup() {
+  "$PY" -V
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  if [ "$DRY" != 1 ]; then
+    if [ ! -d "$WHEELS" ]; then echo "error: $WHEELS is missing: run 'make gpu-wheels' where pip works and carry it"; return 2; fi
+    local before after names
+    before=$("$PY" -c "import torch; print(torch.__version__, torch.__file__)")
+    names=$(ls "$WHEELS" | grep -E '\.whl$' | sed -E 's/-.*//' | tr '\n' ' ')
+    "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-deps --disable-pip-version-check $names || return 3
+    after=$("$PY" -c "import torch; print(torch.__version__, torch.__file__)")
+    if [ "$before" != "$after" ]; then echo "error: torch changed ($before -> $after)"; return 3; fi
+  fi
+  if ! "$PY" -c "import spacy" 2>/dev/null; then
+    echo "spaCy is not installed: using the stand-in in scripts/offline_stubs (daam imports it; trace never uses it)"
+  fi
+  "$PY" -c "import torch, diffusers, transformers, daam, bench.perf, bench.rehearsal; \
+print('torch', torch.__version__, '| CUDA', torch.version.cuda, torch.cuda.is_available(), '| diffusers', \
+diffusers.__version__, '| transformers', transformers.__version__, '| daam', daam.__version__)"
+}
+"$PY" -c "import spacy" 2>/dev/null || export PYTHONPATH="$PWD/scripts/offline_stubs:$PYTHONPATH"
+CARD=${CARD:-$(card_name)}  # torch is preinstalled there; the wheels add only pure-Python packages
+run_phase setup 120 setup
+
+# time caps: perf leaves >= 115 s to the pipeline; each report after a phase takes a few seconds. Expected on an
+# H200: setup ~30 s, gpu_tests ~70 s (first torch.compile included), perf ~230 s (model build ~40-60 s, 20 steps x 4
+# repetitions with daam, 50 steps x 2, profile), pipeline ~100 s
+run_phase gpu_tests "$(( $(left) < 90 ? $(left) : 90 ))" \
+  "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_capture.py tests/test_perf.py tests/test_daam_parity.py
+
+run_phase perf "$(( $(left) - 115 < 250 ? $(left) - 115 : 250 ))" \
+  "$PY" -m bench.perf "${PERF[@]}" --profile --out "$OUT_DIR" --tag "$CARD"
+
+run_phase pipeline "$(( $(left) - 8 ))" \
+  "$PY" -m bench.rehearsal pipeline --work "$WORK" -- experiment=paper_sdxl_sweep relevance=random "${PIPE[@]}"
+
+# --- slot: hrv_start_token_share (issue 15: per-layer share of the start token in the attn2 softmax, for HRV) ---
+# Wire it by setting HRV_START_TOKEN_SHARE_CMD (or replacing this block) with a command that finishes in the time left.
+if [ -n "${HRV_START_TOKEN_SHARE_CMD:-}" ]; then
+  run_phase hrv_start_token_share "$(( $(left) - 5 ))" bash -c "$HRV_START_TOKEN_SHARE_CMD"
+else
+  "$PY" -m bench.rehearsal phase --work "$WORK" --name hrv_start_token_share --status "skipped (not wired)" --seconds 0
+  report
+fi
+
+echo "== done in $(( $(date +%s) - start )) s; files in $OUT_DIR:"
+ls -l "$OUT_DIR" | grep -E "gpu_rehearsal_$CARD|perf_${CARD}_" || true
+cat "$OUT_DIR/gpu_rehearsal_$CARD.md" 2>/dev/null

@@ -65,3 +65,34 @@ def test_fp16_storage_stays_close_to_fp32(tiny, ours):
     rounded = mean_of_heads(word_head_maps(half, index, stored["words"]["cat"], 64), index.daam_mask(4096))
     assert (exact - rounded).abs().max() / exact.abs().max() < 1e-3
     assert np.isfinite(rounded.numpy()).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_word_heat_map_matches_daam_trace_in_fp16_on_cuda(tmp_path):
+    """tiny_sdxl in fp16 on CUDA, our default capture (compiled where Triton is) vs daam.trace on the same
+    pipeline: both compute fp16 logits, so the word maps agree within 1% of the map's peak."""
+    import dataclasses
+
+    from bench.models import build_tiny_sdxl
+
+    model = build_tiny_sdxl(device="cuda")
+    model.pipe.to(torch.float16)
+    model = dataclasses.replace(model, dtype=torch.float16)
+    prompt, words = CASES[0]
+    rows = [PromptRow("p0", prompt, tuple(words), {})]
+    samples = make_samples(rows, [SEED], token_positions(model.tokenizer, rows))
+    store = StageStore(tmp_path, "generate", {"parity_fp16": 1}, [])
+    generate_stage(model, samples, store, STEPS, GUIDANCE, batch_size=1, store_dtype="float32")
+    stored = store.load_torch(f"samples/{samples[0].id}.pt")
+    index = model.head_index()
+    with daam.trace(model.pipe) as tc:
+        model.pipe(prompt, generator=torch.Generator("cpu").manual_seed(SEED), num_inference_steps=STEPS,
+                   guidance_scale=GUIDANCE, height=model.height, width=model.width)
+        global_map = tc.compute_global_heat_map()
+    for word in words:
+        theirs = global_map.compute_word_heat_map(word).heatmap.float().cpu()
+        mine = mean_of_heads(word_head_maps(stored["maps"], index, stored["words"][word], model.heatmap_size),
+                             index.daam_mask(model.daam_latent_hw))
+        assert torch.isfinite(theirs).all() and theirs.abs().max() > 0
+        torch.testing.assert_close(mine, theirs, atol=1e-2 * float(theirs.abs().max()), rtol=0)

@@ -1,21 +1,25 @@
 """bench.perf: the full-size SDXL config (structure only), the figures' arithmetic, an end-to-end run on tiny."""
 
 import json
+import warnings
 
 import pytest
 import torch
 from helpers import REPO
 
 from bench.capture import HeadMapCapture
+from bench.generate import capture_batch, make_samples
 from bench.perf import (
     check_floors,
     compare,
     compose_config,
     main,
     overhead_pct,
+    run_plain,
     throughput_ratio,
     timing_record,
 )
+from bench.prompts import load_prompt_set, token_positions
 from bench.run import build
 
 
@@ -120,18 +124,51 @@ def test_perf_end_to_end_on_tiny_writes_every_field(tmp_path, monkeypatch):
     assert prof["HeadMapCapture._record"]["calls"] == len(index.layers)  # every attn2 layer once per step (1 step)
     assert prof["capture.maps_to_storage"]["calls"] == 1 and prof["top_ops"]
     inside = {op["op"] for op in prof["ops_inside_record"]}
-    assert "aten::_softmax" in inside and "aten::gather" in inside  # the capture's own ops, nothing of the UNet
+    assert "aten::amax" in inside and "aten::gather" in inside  # the capture's own ops, nothing of the UNet
+    assert "aten::_softmax" not in inside  # only the target tokens' probabilities, never the full softmax
     assert not inside & {"aten::_scaled_dot_product_flash_attention_for_cpu", "aten::mkldnn_convolution"}
+
+
+def _syncs_inside_loop(model, run, steps: int) -> list[str]:
+    """Synchronising CUDA calls (torch's sync debug mode warns on each) from the start of the first UNet call to
+    the end of the last one: the denoising loop, without the text encoders before it or the maps' move after it."""
+    done = [0]
+
+    def first(*_args):
+        if done[0] == 0:
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def last(*_args):
+        done[0] += 1
+        if done[0] == steps:
+            torch.cuda.set_sync_debug_mode("default")
+
+    handles = [model.unet.register_forward_pre_hook(first), model.unet.register_forward_hook(last)]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            for handle in handles:
+                handle.remove()
+    assert done[0] == steps
+    return [str(w.message) for w in seen if "synchroniz" in str(w.message).lower()]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_capture_adds_no_stream_syncs_on_cuda(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
-    result = main(["model.loader.device=cuda", "--steps", "2", "--runs", "1", "--warmup", "1", "--batch-sizes", "2",
-                   "--no-daam", "--profile", "--out", str(tmp_path), "--tag", "gpu_test"])
-    prof = result["profile"]
-    assert prof["capture"]["stream_syncs"] == prof["plain"]["stream_syncs"]  # no host-device waits per attn2 call
-    assert prof["capture"]["HeadMapCapture._record"]["device_ms"] > 0
-    assert all(t["peak_memory_bytes"] > 0 for t in result["timings"])
-    assert result["comparison"][0]["peak_memory_delta_bytes"] is not None
+def test_capture_adds_no_stream_syncs_on_cuda(monkeypatch):
+    """Between the first and the last UNet call the capture adds no host-device synchronisation (the scheduler's
+    own, if any, are in both counts); moving the maps to the host after the loop is allowed."""
+    from bench.models import build_tiny_sdxl
+
+    monkeypatch.chdir(REPO)  # the default dataset's path is relative to the checkout
+    model = build_tiny_sdxl(device="cuda")
+    rows = load_prompt_set(compose_config([]).dataset.path)[:2]
+    samples = make_samples(rows, [0], token_positions(model.tokenizer, rows))
+    steps, index = 3, model.head_index()
+    capture_batch(model, index, samples, "generated", steps, 5.0)  # warm-up: compilation happens outside the count
+    plain = _syncs_inside_loop(model, lambda: run_plain(model, samples, steps, 5.0), steps)
+    captured = _syncs_inside_loop(model, lambda: capture_batch(model, index, samples, "generated", steps, 5.0), steps)
+    assert len(captured) == len(plain), captured
