@@ -1,5 +1,5 @@
 """Full-size random-weight GroundingDINO (Swin-T or Swin-B) and SAM ViT-H, built from their released configs on the
-device without a download: `segmenter=grounded_sam_random` (RandomGroundedSam), the real segmenter's compute
+device without a download: `segmenter=grounded_sam_random` (the `RandomGrounding` backend), the real segmenter's compute
 cost for the GPU rehearsal.
 
 The architectures are those of IDEA-Research/grounding-dino-tiny and -base and facebook/sam-vit-huge, stated here
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 
-from bench.grounded_sam import Detections, GroundedSam
+from bench.grounded_sam import Detections, GroundedSam, TransformersGrounding
 from bench.grounded_sam_tiny import word_tokenizer
 from bench.prompts import load_prompt_set
 
@@ -56,46 +56,43 @@ def sam_vit_h_config():
                                                               iou_head_hidden_dim=256))
 
 
-class RandomGroundedSam(GroundedSam):
-    """GroundedSam whose models are the full-size random-weight ones, built on the first `segment` (so composing
-    and instantiating the config costs nothing; the build counts in the segment stage's seconds)."""
-
-    meaningful = False
+class RandomGrounding(TransformersGrounding):
+    """The transformers backend over the full-size random-weight models, built on the device at the first `load`
+    (so composing and instantiating the config costs nothing; the build counts in the segment stage's seconds)."""
 
     def __init__(self, words: list[str] | None = None, prompts: str | None = None, backbone: str = "swin-b",
                  seed: int = 0, boxes_per_word: int = 2, **kwargs) -> None:
         """words, plus the words of the prompt set at `prompts`: the BERT vocabulary (others tokenise to [UNK]).
         backbone: "swin-b" (grounding-dino-base) or "swin-t" (-tiny). boxes_per_word: detections passed to SAM
         per word (random scores would pass any number of the 900 queries; a trained detector passes a few).
-        kwargs are GroundedSam's."""
+        kwargs are TransformersGrounding's (device, dtypes, sam_box_chunk)."""
         if boxes_per_word < 1:
-            raise ValueError("boxes_per_word must be >= 1")
+            raise ValueError("segmenter.backend.boxes_per_word must be >= 1")
         grounding_dino_config(backbone)  # one-line ValueError for an unknown backbone, before anything runs
-        kwargs.setdefault("detector", f"random GroundingDINO {backbone}")
-        kwargs.setdefault("sam", "random SAM ViT-H")
-        super().__init__(**kwargs)
+        super().__init__(detector=f"random GroundingDINO {backbone}", sam="random SAM ViT-H", **kwargs)
         from_prompts = [w for row in load_prompt_set(prompts) for w in row.words] if prompts else []
         self.vocabulary = list(words or []) + from_prompts
         self.backbone, self.seed, self.boxes_per_word = backbone, int(seed), int(boxes_per_word)
         self.name = f"grounded_sam_random_{backbone.replace('-', '')}"
 
-    def _detect_pairs(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[Detections]:
-        """The real detector's forward; then only the `boxes_per_word` best queries pass both thresholds."""
-        dets = super()._detect_pairs(images, phrases)
+    def detect(self, images: list[PIL.Image.Image], phrases: list[str]) -> list[Detections]:
+        """The real detector's forward; then the `boxes_per_word` best queries get score 1 (pass any threshold),
+        the others 0."""
+        dets = super().detect(images, phrases)
         for det in dets:
             keep = np.zeros(len(det.box_scores), dtype=bool)
             keep[np.argsort(-det.box_scores, kind="stable")[: self.boxes_per_word]] = True
-            det.box_scores = np.where(keep, np.maximum(det.box_scores, self.box_threshold), 0.0)
-            det.text_scores = np.where(keep, np.maximum(det.text_scores, self.text_threshold), 0.0)
+            det.box_scores = keep.astype(det.box_scores.dtype)
+            det.text_scores = keep.astype(det.text_scores.dtype)
         return dets
 
     def check_available(self) -> None:
         """Nothing to download."""
 
-    def load(self) -> "RandomGroundedSam":
+    def load(self) -> None:
         """Build both models on the device (seeded) and the released-size processors (idempotent)."""
         if self.loaded:
-            return self
+            return
         import torch
         import transformers
         from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor, SamModel, SamProcessor
@@ -114,4 +111,10 @@ class RandomGroundedSam(GroundedSam):
                                              word_tokenizer(self.vocabulary)),
                       sam, SamProcessor(sam_images(size={"longest_edge": side},
                                                    pad_size={"height": side, "width": side})))
-        return self
+
+
+def random_grounded_sam(backend: RandomGrounding, **kwargs) -> GroundedSam:
+    """The recipe over `RandomGrounding`; kwargs are GroundedSam's. Its masks mean nothing (tables say so)."""
+    segmenter = GroundedSam(backend, **kwargs)
+    segmenter.meaningful = False
+    return segmenter

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import GroundingDinoForObjectDetection, SamModel
 
-from bench.grounded_sam_random import RandomGroundedSam, grounding_dino_config, sam_vit_h_config
+from bench.grounded_sam_random import RandomGrounding, grounding_dino_config, random_grounded_sam, sam_vit_h_config
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -47,23 +47,24 @@ def test_layer_counts_and_widths():
         1280, 32, 16, 5120)
     assert vision.global_attn_indexes == [7, 15, 23, 31] and vision.image_size == 1024
     with pytest.raises(ValueError, match="swin-b"):
-        RandomGroundedSam(backbone="swin-l")
+        RandomGrounding(backbone="swin-l")
 
 
 def test_builds_lazily_on_meta_with_the_released_input_sizes():
-    segmenter = RandomGroundedSam(words=["cat"], prompts="data/smoke/prompts.jsonl", backbone="swin-t", device="meta")
+    backend = RandomGrounding(words=["cat"], prompts="data/smoke/prompts.jsonl", backbone="swin-t", device="meta")
+    segmenter = random_grounded_sam(backend)
     assert segmenter.meaningful is False and segmenter.name == "grounded_sam_random_swint"
     segmenter.check_available()  # nothing to download
-    assert not segmenter.loaded  # instantiating builds nothing
-    segmenter.load()
-    assert segmenter._det_model.config.backbone_config.embed_dim == 96
-    assert segmenter._det_proc.image_processor.size["shortest_edge"] == 800
-    assert segmenter._sam_proc.image_processor.size["longest_edge"] == 1024
-    assert segmenter._det_proc.tokenizer.tokenize("a cat on a sofa") == ["[UNK]", "cat", "[UNK]", "[UNK]", "sofa"]
+    assert not backend.loaded  # instantiating builds nothing
+    backend.load()
+    assert backend._det_model.config.backbone_config.embed_dim == 96
+    assert backend._det_proc.image_processor.size["shortest_edge"] == 800
+    assert backend._sam_proc.image_processor.size["longest_edge"] == 1024
+    assert backend._det_proc.tokenizer.tokenize("a cat on a sofa") == ["[UNK]", "cat", "[UNK]", "[UNK]", "sofa"]
 
 
 def test_segments_end_to_end_with_small_configs_and_passes_the_best_boxes(monkeypatch):
-    """RandomGroundedSam's own code (lazy build, processors, the boxes_per_word cut) on the tiny configs: the
+    """RandomGrounding's own code (lazy build, processors, the boxes_per_word cut) on the tiny configs: the
     full-size ones need ~15 GiB of host memory for one 800 px detection on CPU."""
     from fixtures_segment import small_images
 
@@ -72,11 +73,12 @@ def test_segments_end_to_end_with_small_configs_and_passes_the_best_boxes(monkey
 
     monkeypatch.setattr(module, "grounding_dino_config", lambda backbone: tiny_detector(["cat", "dog"])[0].config)
     monkeypatch.setattr(module, "sam_vit_h_config", lambda: tiny_sam()[0].config)
-    segmenter = RandomGroundedSam(words=["cat", "dog"], backbone="swin-t", device="cpu", boxes_per_word=2,
-                                  progress=False)
+    backend = RandomGrounding(words=["cat", "dog"], backbone="swin-t", device="cpu", boxes_per_word=2)
+    segmenter = random_grounded_sam(backend, progress=False)
     images = small_images()[:2]
+    backend.load()
     with torch.inference_mode():
-        dets = segmenter.load()._detect_pairs(images, ["cat .", "dog ."])
+        dets = backend.detect(images, ["cat .", "dog ."])
     for det in dets:
         passed = (det.box_scores >= segmenter.box_threshold) & (det.text_scores >= segmenter.text_threshold)
         assert passed.sum() == 2 and (det.box_scores[~passed] == 0).all()
