@@ -17,13 +17,12 @@ import torch.nn.functional as F
 from omegaconf import ListConfig
 from tqdm import tqdm
 
-from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, top_k_chunks, top_k_curve, word_head_maps
-from bench.cache import StageStore
+from bench.aggregate import mean_of_heads, parse_k, ranked_heads, resolve_k, top_k_chunks, top_k_curve, word_head_maps
 from bench.generate import EOT
-from bench.heads import HeadIndex
+from bench.heads import BLOCKS, HeadIndex
 from bench.relevance import Relevance
 from bench.score import iou, ious_over_taus, minmax_, normalised_heat
-from bench.segment import load_word_masks
+from bench.store import GenerateStore, MaskStore
 
 COLUMNS = ["sample_id", "prompt_id", "seed", "tau", "word", "method", "variant", "n_heads", "iou", "excluded"]
 
@@ -85,16 +84,31 @@ class Selective(Method):
         if order not in ("top", "bottom"):
             raise ValueError(f"method order must be top or bottom, got {order!r}")
         self.k = [k] if isinstance(k, (int, float, str)) else list(k)
+        for one in self.k:
+            parse_k(one)
         self.order = order
         blocks = [blocks] if isinstance(blocks, str) else blocks
-        self.blocks = list(blocks) if blocks and blocks != ["all"] else None
+        self.blocks = list(blocks) if blocks and list(blocks) != ["all"] else None
+        unknown = [b for b in self.blocks or [] if b not in BLOCKS]
+        if unknown:
+            raise ValueError(f"method.blocks: unknown block(s) {unknown}; use any of {list(BLOCKS)} or all")
         self.resolutions = [resolutions] if isinstance(resolutions, int) else list(resolutions) if resolutions else None
+        if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.resolutions or []):
+            raise ValueError(f"method.resolutions must be map sides (whole numbers, e.g. 32), got {resolutions}")
         self.relevance = relevance
         self.name = name or ("selective" if order == "top" else "bottom_k")
 
     @property
     def uses_run_relevance(self) -> bool:
         return self.relevance is None
+
+    def check(self, head_index: HeadIndex) -> None:
+        """One line before anything is generated when the head group or a k does not fit this model."""
+        allowed = int(head_index.mask(self.blocks, self.resolutions).sum())
+        if not allowed:
+            raise ValueError(f"{self.name}: no heads in blocks {self.blocks} at resolutions {self.resolutions}")
+        for k in self.k:
+            resolve_k(k, allowed)
 
     def ranking(self, word: str, ctx: Context) -> np.ndarray:
         """The allowed heads (blocks, resolutions), most (top) or least (bottom) relevant first."""
@@ -204,18 +218,17 @@ class KCurve(Selective):
         return [f"k={k}" for k in ks], ks, out
 
 
-def make_context(gen_store: StageStore, relevance: Relevance | None) -> Context:
+def make_context(gen_store: GenerateStore, relevance: Relevance | None) -> Context:
     """The head index and map geometry stored by the generate stage, with the relevance to rank heads by."""
-    geometry = gen_store.load_json("model.json")
-    head_index = HeadIndex.from_json(gen_store.file("head_index.json").read_text())
-    return Context(head_index, geometry["daam_latent_hw"], relevance, geometry["heatmap_size"])
+    geometry = gen_store.geometry()
+    return Context(gen_store.head_index(), geometry.daam_latent_hw, relevance, geometry.heatmap_size)
 
 
-def load_sample(sample, gen_store: StageStore, mask_store: StageStore, ctx: Context) -> tuple[Context, dict]:
+def load_sample(sample, gen_store: GenerateStore, mask_store: MaskStore, ctx: Context) -> tuple[Context, dict]:
     """A copy of ctx holding the sample's per-head maps of every stored token group (its words and, when
     captured, the end token) and its reference masks; plus {word: WordMask} of the words to score."""
-    stored = gen_store.load_torch(f"samples/{sample.id}.pt")
-    masks = load_word_masks(mask_store, sample.id)
+    stored = gen_store.sample(sample.id)
+    masks = mask_store.masks(sample.id)
     word_maps = {w: word_head_maps(stored["maps"], ctx.head_index, slots, ctx.heatmap_size)  # (H, s, s) each
                  for w, slots in stored["words"].items()}
     ctx = replace(ctx, word_maps=word_maps,
@@ -223,7 +236,7 @@ def load_sample(sample, gen_store: StageStore, mask_store: StageStore, ctx: Cont
     return ctx, {w: masks[w] for w in stored["words"] if w != EOT}
 
 
-def score_sample(sample, gen_store: StageStore, mask_store: StageStore, methods: list[Method], ctx: Context,
+def score_sample(sample, gen_store: GenerateStore, mask_store: MaskStore, methods: list[Method], ctx: Context,
                  taus: list[float]) -> list[dict]:
     """Blocks of long-table rows of one sample: one per (word, method, tau), variants as arrays."""
     ctx, masks = load_sample(sample, gen_store, mask_store, ctx)
@@ -253,7 +266,25 @@ def long_table(blocks: list[dict]) -> pd.DataFrame:
     return table[COLUMNS]
 
 
-def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
+def check_taus(tau: float | list[float]) -> list[float]:
+    """eval.tau (one value or a list) as floats, each in [0, 1] (thresholds of min-max-normalised maps)."""
+    taus = list(tau) if isinstance(tau, (list, tuple, ListConfig)) else [tau]
+    try:
+        values = [float(t) for t in taus]
+    except (TypeError, ValueError):
+        values = [float("nan")]
+    if not values or not all(0 <= t <= 1 for t in values):
+        raise ValueError(f"eval.tau must be one value or a list of values in [0, 1], got {tau}")
+    return values
+
+
+def check_workers(workers: int) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"eval.workers must be a whole number >= 1, got {workers!r}")
+    return workers
+
+
+def evaluate_stage(samples: list, gen_store: GenerateStore, mask_store: MaskStore, methods: list[Method],
                    relevance: Relevance | None, tau: float | list[float], workers: int = 1) -> pd.DataFrame:
     """Score every (sample, word) with every method variant at every tau; returns the long table.
 
@@ -264,7 +295,7 @@ def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore,
     sample scored once, with the relevance and tau chosen without it; rows get a `fold` column) or draws
     of the random control (methods ranking by the run's relevance scored once per draw, rows get `draw`).
     """
-    taus = [float(t) for t in tau] if isinstance(tau, (list, tuple, ListConfig)) else [float(tau)]
+    taus = check_taus(tau)
     parts = relevance.parts(samples, gen_store, mask_store, taus) if relevance is not None else []
     if all(part.split is None for part in parts):
         return _score(samples, gen_store, mask_store, methods, relevance, taus, workers)
@@ -281,12 +312,11 @@ def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore,
     return pd.concat(tables, ignore_index=True) if tables else long_table([])
 
 
-def _score(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
+def _score(samples: list, gen_store: GenerateStore, mask_store: MaskStore, methods: list[Method],
            relevance: Relevance | None, taus: list[float], workers: int, desc: str = "aggregate+score") -> pd.DataFrame:
     if not methods:
         return long_table([])
-    if workers < 1:
-        raise ValueError(f"eval.workers must be >= 1, got {workers}")
+    check_workers(workers)
     ctx = make_context(gen_store, relevance)
 
     def score(sample) -> list[dict]:

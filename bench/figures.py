@@ -18,10 +18,10 @@ import PIL.Image
 import torch
 from matplotlib.figure import Figure
 
-from bench.cache import StageStore
 from bench.evaluate import Context, KCurve, Method, load_sample
 from bench.report import config_label, curve_methods, reference_tau
 from bench.score import heat_to_mask
+from bench.store import GenerateStore, MaskStore
 
 
 def write_figures(summary: pd.DataFrame, out_dir: Path, by: list[str] = (), overlays: dict | None = None) -> list[Path]:
@@ -143,7 +143,7 @@ def tau_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure:
     return fig
 
 
-def collect_overlays(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
+def collect_overlays(samples: list, gen_store: GenerateStore, mask_store: MaskStore, methods: list[Method],
                      ctx: Context, tau: float, n: int = 4, max_side: int = 256) -> dict:
     """Up to n (sample, word) pairs with a reference mask, spread over `samples`: the image (at most
     `max_side` px), the reference mask at that size and every point method's heat map (k-curves left out)."""
@@ -164,7 +164,7 @@ def collect_overlays(samples: list, gen_store: StageStore, mask_store: StageStor
             except RuntimeError:  # a relevance that exists per held-out fold only (oracle): not shown
                 continue
             maps.update({f"{method.name} {variant}": heat.numpy() for variant, (_, heat) in heat_maps.items()})
-        image = PIL.Image.open(gen_store.file(f"images/{sample.id}.png")).convert("RGB")
+        image = gen_store.image(sample.id)
         image.thumbnail((max_side, max_side))
         ref = PIL.Image.fromarray(masks[word].mask).resize(image.size, PIL.Image.NEAREST)
         items.append({"title": f"{sample.row.id} s{sample.seed}: {word}", "image": np.asarray(image),
