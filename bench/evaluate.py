@@ -278,10 +278,10 @@ def check_taus(tau: float | list[float]) -> list[float]:
     return values
 
 
-def check_workers(workers: int) -> int:
+def check_workers(workers: int) -> None:
+    """eval.workers: the number of scoring threads, a whole number >= 1."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"eval.workers must be a whole number >= 1, got {workers!r}")
-    return workers
 
 
 def evaluate_stage(samples: list, gen_store: GenerateStore, mask_store: MaskStore, methods: list[Method],
