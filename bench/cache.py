@@ -14,7 +14,9 @@ import hashlib
 import io
 import json
 import os
+import socket
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from bench import CODE_VERSION, StoreWriteError
 from bench.heads import HeadIndex
 
 SUM = ".sum"  # suffix of an item's integrity record
+HOST = socket.gethostname()
+STALE_SECONDS = 24 * 3600  # another host's temporary file older than this is a dead writer's
 
 
 def stage_key(stage: str, config: Any, inputs: list[str]) -> str:
@@ -49,7 +53,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     failure the temporary file is removed; a full disk or file-size limit is a one-line StoreWriteError."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{HOST}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -65,13 +69,21 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def sweep_temporaries(folder: Path) -> int:
-    """Remove temporary files under `folder` whose writer process is gone; returns how many."""
+    """Remove temporary files under `folder` left by dead writers: this host's whose process is gone, other
+    hosts' (a cache shared by cluster jobs) once they are a day old; returns how many."""
     removed = 0
     for tmp in folder.rglob(".*.tmp-*"):
-        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed += 1
+        pid, _, rest = tmp.name.rsplit(".tmp-", 1)[1].partition("-")  # <pid>-<random>-<host>
+        try:
+            if rest.partition("-")[2] == HOST and pid.isdigit():
+                dead = not _alive(int(pid))
+            else:
+                dead = time.time() - tmp.stat().st_mtime > STALE_SECONDS
+            if dead:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process swept or renamed it first
+            continue
     return removed
 
 
@@ -127,6 +139,8 @@ class StageStore:
             raise InvalidItem(f"{path}: missing (or written without its record)") from None
         except (ValueError, OSError) as err:
             raise InvalidItem(f"{path}: unreadable record ({err})") from None
+        if not isinstance(record, dict):
+            raise InvalidItem(f"{path}: unreadable record")
         if len(data) != record.get("bytes") or sha256(data) != record.get("sha256"):
             raise InvalidItem(f"{path}: content does not match its recorded hash (truncated or corrupt)")
         if record.get("owner") != owner:

@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -122,7 +123,7 @@ def test_killed_writer_leaves_nothing_half_done(baseline, tmp_path, monkeypatch)
     sample = items(cache, "generate/*/samples/*.pt")[0]
     Path(f"{sample}.sum").unlink()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = sample.with_name(f".{sample.name}.tmp-{int(dead.stdout)}-0000abcd")
+    stale = sample.with_name(f".{sample.name}.tmp-{int(dead.stdout)}-0000abcd-{socket.gethostname()}")
     stale.write_bytes(b"half a file")
     stats = rerun(baseline, cache, tmp_path / "run", monkeypatch)
     assert stats["generate"]["generated"] == 1 and not stale.exists()
@@ -130,9 +131,14 @@ def test_killed_writer_leaves_nothing_half_done(baseline, tmp_path, monkeypatch)
 
 
 def test_temporary_files_of_live_writers_are_kept(tmp_path):
-    live = tmp_path / f".x.pt.tmp-{os.getpid()}-00000000"
-    live.write_bytes(b"being written")
-    assert sweep_temporaries(tmp_path) == 0 and live.exists()
+    """This host's live writer, and another host's recent one (a shared cache), are never swept."""
+    live = tmp_path / f".x.pt.tmp-{os.getpid()}-00000000-{socket.gethostname()}"
+    elsewhere = tmp_path / ".y.pt.tmp-1-00000000-another-host"
+    old = tmp_path / ".z.pt.tmp-1-00000000-another-host"
+    for path in (live, elsewhere, old):
+        path.write_bytes(b"being written")
+    os.utime(old, (0, 0))
+    assert sweep_temporaries(tmp_path) == 1 and live.exists() and elsewhere.exists() and not old.exists()
 
 
 def test_file_size_limit_fails_in_one_line_and_leaves_no_temporary_file(tmp_path):
