@@ -28,7 +28,7 @@ from bench.cache import StageStore, sweep_temporaries, write_atomic
 from bench.evaluate import Context, Selective
 from bench.generate import generate_stage, make_samples
 from bench.heads import HeadIndex
-from bench.prompts import PromptRow, load_prompt_set, token_positions
+from bench.prompts import PromptRow, load_prompt_set, prompt_set_hash, token_positions
 from bench.run import run
 from bench.store import GenerateStore, MaskStore, WordMask, mask_name
 from bench.sweep import report_dir
@@ -372,3 +372,12 @@ def test_a_store_item_never_reads_as_another(tmp_path):
     store.save_json("a.json", {"v": 1}, owner="a")
     with pytest.raises(ValueError, match="a.json: belongs to 'a', expected 'b'"):
         store.load_json("a.json", owner="b")
+
+
+def test_an_image_input_keys_generation_by_content(tmp_path):
+    """capture.source=image: an image file edited in place (same path) is a new generate key."""
+    PIL.Image.new("RGB", (8, 8), "red").save(tmp_path / "im.png")
+    (tmp_path / "set.jsonl").write_text('{"id": "a", "prompt": "a cat", "words": ["cat"], "image": "im.png"}\n')
+    before = prompt_set_hash(load_prompt_set(tmp_path / "set.jsonl"))
+    PIL.Image.new("RGB", (8, 8), "blue").save(tmp_path / "im.png")
+    assert prompt_set_hash(load_prompt_set(tmp_path / "set.jsonl")) != before
