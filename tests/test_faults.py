@@ -24,12 +24,14 @@ from conftest import REPO, FixedRelevance
 from test_run import cfg_for
 
 import bench.models
+from bench.aggregate import mean_of_heads, word_head_maps
 from bench.cache import StageStore, sweep_temporaries, write_atomic
 from bench.evaluate import Context, Selective
 from bench.generate import generate_stage, make_samples
 from bench.heads import HeadIndex
 from bench.prompts import PromptRow, load_prompt_set, prompt_set_hash, token_positions
 from bench.run import run
+from bench.score import heat_to_mask, iou
 from bench.store import GenerateStore, MaskStore, WordMask, mask_name
 from bench.sweep import report_dir
 
@@ -355,13 +357,11 @@ def test_a_sample_does_not_depend_on_its_batch_neighbours_beyond_the_stated_tole
     index = tiny.head_index()
     ref = torch.zeros(tiny.height, tiny.width, dtype=torch.bool)
     ref[32:96, 40:100] = True
-    from bench.aggregate import mean_of_heads, word_head_maps
-    from bench.score import heat_to_mask, iou
     for sample in samples[2:]:
         a, b = four.sample(sample.id), two.sample(sample.id)
         word = sample.row.words[0]
-        heat = [mean_of_heads(word_head_maps(s["maps"], index, s["words"][word], 64), index.daam_mask(4096))
-                for s in (a, b)]
+        heat = [mean_of_heads(word_head_maps(s["maps"], index, s["words"][word], tiny.heatmap_size),
+                              index.daam_mask(tiny.daam_latent_hw)) for s in (a, b)]
         assert (heat[0] - heat[1]).abs().max() / heat[0].abs().max() < BATCH_TOLERANCE["maps_relative"]
         ious = [float(iou(heat_to_mask(h, ref.shape, 0.4), ref)) for h in heat]
         assert abs(ious[0] - ious[1]) < BATCH_TOLERANCE["iou"]
