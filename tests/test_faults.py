@@ -10,9 +10,11 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +131,23 @@ def test_killed_writer_leaves_nothing_half_done(baseline, tmp_path, monkeypatch)
     stale.write_bytes(b"half a file")
     stats = rerun(baseline, cache, tmp_path / "run", monkeypatch)
     assert stats["generate"]["generated"] == 1 and not stale.exists()
+    assert (tmp_path / "run" / "scores.csv").read_bytes() == (baseline / "run" / "scores.csv").read_bytes()
+
+
+def test_kill_9_mid_generation_resumes_to_the_same_table(baseline, tmp_path, monkeypatch):
+    """A real `kill -9` once the first sample is stored: the rerun generates only what is missing, leaves no
+    temporary file and writes the baseline's table."""
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "bench", *SMALL, f"dataset.path={baseline / 'data' / 'prompts.jsonl'}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "cache").glob("generate/*/samples/*.pt.sum")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    stats = rerun(baseline, tmp_path / "cache", tmp_path / "run", monkeypatch)
+    assert stats["generate"]["cached"] >= 1 and stats["generate"]["generated"] <= 1
+    assert not list((tmp_path / "cache").rglob(".*.tmp-*"))
     assert (tmp_path / "run" / "scores.csv").read_bytes() == (baseline / "run" / "scores.csv").read_bytes()
 
 
