@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import USER_ERRORS
 from bench.evaluate import KCurve, Selective, check_taus, check_workers, evaluate_stage, make_context
 from bench.figures import collect_overlays, write_figures
-from bench.generate import generate_stage, make_samples, shard
+from bench.generate import generate_stage, make_samples, parse_shard, shard
 from bench.prompts import load_prompt_set, mask_files_hash, prompt_set_hash, token_positions
 from bench.report import compact, reference_tau, summarise, write_summary
 from bench.segment import FileMaskSegmenter, segment_stage
@@ -61,6 +61,7 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     dataset_path = build(cfg.dataset.build) if cfg.dataset.get("build") else cfg.dataset.path
     rows = load_prompt_set(dataset_path, cfg.dataset.get("limit"))
     seeds = [int(s) for s in cfg.dataset.seeds]
+    parse_shard(cfg.get("shard"))
     check_taus(cfg.eval.tau)
     check_workers(cfg.eval.workers)
     methods = [build(m) for m in cfg.method.methods.values()]

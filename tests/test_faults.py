@@ -300,6 +300,8 @@ def no_model(monkeypatch):
     ("method.k=2.5", "k=2.5 is not a head count"),
     ("method.blocks=foo", r"method.blocks: unknown block\(s\) \['foo'\]"),
     ("method.resolutions=[x]", "method.resolutions must be map sides"),
+    ("shard=2/2", "shard=2/2: use i/n with 0 <= i < n"),
+    ("shard=a/b", "shard=a/b: use i/n"),
 ])
 def test_bad_value_fails_in_one_line_before_the_model_loads(no_model, tmp_path, override, message):
     with pytest.raises(ValueError, match=message) as err:
