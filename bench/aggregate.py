@@ -86,17 +86,37 @@ def mean_of_heads(head_maps: torch.Tensor, selected: np.ndarray) -> torch.Tensor
     return head_maps[idx].mean(0)
 
 
+def parse_k(k: int | float | str) -> int | float:
+    """One k of a config as a head count (int) or a share of the available heads (float in (0, 1]).
+
+    One meaning for every spelling: a number >= 1 is a count (1 and 1.0 both mean one head; 2.5 is an
+    error), a number in (0, 1) a share, 'N%' a percentage, 'all' every head; strings of numbers read as
+    the numbers ('10', '0.25').
+    """
+    text = str(k).strip()
+    if text == "all":
+        return 1.0
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        value = float("nan")
+    if text.endswith("%") and 0 < value <= 1:
+        return value
+    if not text.endswith("%") and 0 < value < 1:
+        return value
+    if not text.endswith("%") and value >= 1 and value == int(value):
+        return int(value)
+    raise ValueError(f"k={k!r} is not a head count >= 1, a fraction in (0, 1), a percentage in (0%, 100%] or "
+                     "'all' (e.g. 10, 0.25, '25%')")
+
+
 def resolve_k(k: int | float | str, n_heads: int) -> int:
-    """k as a count (10), a fraction (0.25) or a percentage string ('25%') of n_heads; 'all' = n_heads."""
-    if isinstance(k, str):
-        k = n_heads if k == "all" else float(k.rstrip("%")) / 100 if k.endswith("%") else int(k)
-    if isinstance(k, float):
-        if not 0 < k <= 1:
-            raise ValueError(f"k fraction must be in (0, 1], got {k}")
-        k = max(1, round(k * n_heads))
-    if not 1 <= k <= n_heads:
-        raise ValueError(f"k={k} is outside 1..{n_heads} (the heads available)")
-    return int(k)
+    """k (see `parse_k`) as a number of heads out of n_heads."""
+    spec = parse_k(k)
+    n = spec if isinstance(spec, int) else max(1, round(spec * n_heads))
+    if n > n_heads:
+        raise ValueError(f"k={k} is more than the {n_heads} heads available")
+    return n
 
 
 def ranked_heads(relevance: np.ndarray, allowed: np.ndarray | None = None, descending: bool = True) -> np.ndarray:

@@ -18,14 +18,13 @@ import torch.nn.functional as F
 from omegaconf import ListConfig
 from tqdm import tqdm
 
-from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, top_k_chunks, top_k_curve, word_head_maps
-from bench.cache import StageStore
-from bench.heads import HeadIndex
+from bench.aggregate import mean_of_heads, parse_k, ranked_heads, resolve_k, top_k_chunks, top_k_curve, word_head_maps
+from bench.heads import BLOCKS, HeadIndex
 from bench.relevance import Relevance
 from bench.report import COLUMNS, reference_tau
 from bench.samples import EOT
 from bench.score import heat_to_mask, iou, ious_over_taus, minmax_, normalised_heat
-from bench.segment import load_word_masks
+from bench.store import GenerateStore, MaskStore
 
 
 @dataclass
@@ -85,16 +84,31 @@ class Selective(Method):
         if order not in ("top", "bottom"):
             raise ValueError(f"method order must be top or bottom, got {order!r}")
         self.k = [k] if isinstance(k, (int, float, str)) else list(k)
+        for one in self.k:
+            parse_k(one)
         self.order = order
         blocks = [blocks] if isinstance(blocks, str) else blocks
-        self.blocks = list(blocks) if blocks and blocks != ["all"] else None
+        self.blocks = list(blocks) if blocks and list(blocks) != ["all"] else None
+        unknown = [b for b in self.blocks or [] if b not in BLOCKS]
+        if unknown:
+            raise ValueError(f"method.blocks: unknown block(s) {unknown}; use any of {list(BLOCKS)} or all")
         self.resolutions = [resolutions] if isinstance(resolutions, int) else list(resolutions) if resolutions else None
+        if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.resolutions or []):
+            raise ValueError(f"method.resolutions must be map sides (whole numbers, e.g. 32), got {resolutions}")
         self.relevance = relevance
         self.name = name or ("selective" if order == "top" else "bottom_k")
 
     @property
     def uses_run_relevance(self) -> bool:
         return self.relevance is None
+
+    def check(self, head_index: HeadIndex) -> None:
+        """One line before anything is generated when the head group or a k does not fit this model."""
+        allowed = int(head_index.mask(self.blocks, self.resolutions).sum())
+        if not allowed:
+            raise ValueError(f"{self.name}: no heads in blocks {self.blocks} at resolutions {self.resolutions}")
+        for k in self.k:
+            resolve_k(k, allowed)
 
     def ranking(self, word: str, ctx: Context) -> np.ndarray:
         """The allowed heads (blocks, resolutions), most (top) or least (bottom) relevant first."""
@@ -204,18 +218,17 @@ class KCurve(Selective):
         return [f"k={k}" for k in ks], ks, out
 
 
-def make_context(gen_store: StageStore, relevance: Relevance | None) -> Context:
+def make_context(gen_store: GenerateStore, relevance: Relevance | None) -> Context:
     """The head index and map geometry stored by the generate stage, with the relevance to rank heads by."""
-    geometry = gen_store.load_json("model.json")
-    head_index = HeadIndex.from_json(gen_store.file("head_index.json").read_text())
-    return Context(head_index, geometry["daam_latent_hw"], relevance, geometry["heatmap_size"])
+    geometry = gen_store.geometry()
+    return Context(gen_store.head_index(), geometry.daam_latent_hw, relevance, geometry.heatmap_size)
 
 
-def load_sample(sample, gen_store: StageStore, mask_store: StageStore, ctx: Context) -> tuple[Context, dict]:
+def load_sample(sample, gen_store: GenerateStore, mask_store: MaskStore, ctx: Context) -> tuple[Context, dict]:
     """A copy of ctx holding the sample's per-head maps of every stored token group (its words and, when
     captured, the end token) and its reference masks; plus {word: WordMask} of the words to score."""
-    stored = gen_store.load_torch(f"samples/{sample.id}.pt")
-    masks = load_word_masks(mask_store, sample.id)
+    stored = gen_store.sample(sample.id)
+    masks = mask_store.masks(sample.id)
     word_maps = {w: word_head_maps(stored["maps"], ctx.head_index, slots, ctx.heatmap_size)  # (H, s, s) each
                  for w, slots in stored["words"].items()}
     ctx = replace(ctx, word_maps=word_maps,
@@ -234,7 +247,7 @@ class Overlays:
         self.n, self.max_side = n, max_side
         self.recorded: dict[str, dict] = {}  # sample id -> item
 
-    def record(self, samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
+    def record(self, samples: list, gen_store: GenerateStore, mask_store: MaskStore, methods: list[Method],
                ctx: Context, taus: list[float]) -> None:
         """Add the maps of `methods` (ranked by ctx.relevance) for the candidates among `samples`; a label
         already recorded (the same method in another random draw) is kept from its first part."""
@@ -253,8 +266,8 @@ class Overlays:
                     item["maps"].setdefault(f"{method.name} {variant}", {  # heat (s, s), mask (h, w) at the image size
                         "heat": heat.numpy(), "mask": heat_to_mask(heat, item["ref"].shape, tau).numpy(), "tau": tau})
 
-    def _item(self, sample, gen_store: StageStore, word: str, ref: np.ndarray) -> dict:
-        image = PIL.Image.open(gen_store.file(f"images/{sample.id}.png")).convert("RGB")
+    def _item(self, sample, gen_store: GenerateStore, word: str, ref: np.ndarray) -> dict:
+        image = gen_store.image(sample.id)
         image.thumbnail((self.max_side, self.max_side))
         ref = PIL.Image.fromarray(ref).resize(image.size, PIL.Image.NEAREST)
         return {"sample_id": sample.id, "word": word, "title": f"{sample.row.id} s{sample.seed}: {word}",
@@ -266,7 +279,7 @@ class Overlays:
         return [self.recorded[i] for i in self.candidates if i in self.recorded][: self.n]
 
 
-def score_sample(sample, gen_store: StageStore, mask_store: StageStore, methods: list[Method], ctx: Context,
+def score_sample(sample, gen_store: GenerateStore, mask_store: MaskStore, methods: list[Method], ctx: Context,
                  taus: list[float]) -> list[dict]:
     """Blocks of long-table rows of one sample: one per (word, method, tau), variants as arrays."""
     ctx, masks = load_sample(sample, gen_store, mask_store, ctx)
@@ -296,7 +309,25 @@ def long_table(blocks: list[dict]) -> pd.DataFrame:
     return table[COLUMNS]
 
 
-def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
+def check_taus(tau: float | list[float]) -> list[float]:
+    """eval.tau (one value or a list) as floats, each in [0, 1] (thresholds of min-max-normalised maps)."""
+    taus = list(tau) if isinstance(tau, (list, tuple, ListConfig)) else [tau]
+    try:
+        values = [float(t) for t in taus]
+    except (TypeError, ValueError):
+        values = [float("nan")]
+    if not values or not all(0 <= t <= 1 for t in values):
+        raise ValueError(f"eval.tau must be one value or a list of values in [0, 1], got {tau}")
+    return values
+
+
+def check_workers(workers: int) -> None:
+    """eval.workers: the number of scoring threads, a whole number >= 1."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"eval.workers must be a whole number >= 1, got {workers!r}")
+
+
+def evaluate_stage(samples: list, gen_store: GenerateStore, mask_store: MaskStore, methods: list[Method],
                    relevance: Relevance | None, tau: float | list[float], workers: int = 1,
                    overlays: Overlays | None = None) -> pd.DataFrame:
     """Score every (sample, word) with every method variant at every tau; returns the long table.
@@ -309,7 +340,7 @@ def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore,
     of the random control (methods ranking by the run's relevance scored once per draw, rows get `draw`).
     `overlays` records fig_overlays' maps with each part's relevance and tau.
     """
-    taus = [float(t) for t in tau] if isinstance(tau, (list, tuple, ListConfig)) else [float(tau)]
+    taus = check_taus(tau)
     parts = relevance.parts(samples, gen_store, mask_store, taus) if relevance is not None else []
     if all(part.split is None for part in parts):
         _record(overlays, samples, gen_store, mask_store, methods, relevance, taus)
@@ -329,18 +360,17 @@ def evaluate_stage(samples: list, gen_store: StageStore, mask_store: StageStore,
     return pd.concat(tables, ignore_index=True) if tables else long_table([])
 
 
-def _record(overlays: Overlays | None, samples: list, gen_store: StageStore, mask_store: StageStore,
+def _record(overlays: Overlays | None, samples: list, gen_store: GenerateStore, mask_store: MaskStore,
             methods: list[Method], relevance: Relevance | None, taus: list[float]) -> None:
     if overlays is not None and methods:
         overlays.record(samples, gen_store, mask_store, methods, make_context(gen_store, relevance), taus)
 
 
-def _score(samples: list, gen_store: StageStore, mask_store: StageStore, methods: list[Method],
+def _score(samples: list, gen_store: GenerateStore, mask_store: MaskStore, methods: list[Method],
            relevance: Relevance | None, taus: list[float], workers: int, desc: str = "aggregate+score") -> pd.DataFrame:
     if not methods:
         return long_table([])
-    if workers < 1:
-        raise ValueError(f"eval.workers must be >= 1, got {workers}")
+    check_workers(workers)
     ctx = make_context(gen_store, relevance)
 
     def score(sample) -> list[dict]:

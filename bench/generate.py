@@ -1,13 +1,13 @@
 """Generate + capture: the only expensive stage. One batched pass per group of (prompt, seed) samples.
 
-Per sample it stores `samples/<id>.pt` (target-token head maps summed over steps, native resolution,
-fp16 by default, plus prompt, seed, words -> token slots) and `images/<id>.png`; the HeadIndex is
-stored once as `head_index.json`. Samples already stored are skipped, so a killed run resumes.
+Per sample it stores, through `bench.store.GenerateStore`, the target-token head maps summed over steps
+(native resolution, fp16 by default, plus prompt, seed, words -> token slots) and the image; the
+HeadIndex and the model's geometry once. Samples already stored (and checking) are skipped, so a killed
+run resumes.
 """
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +16,11 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
-from bench.cache import StageStore, write_atomic
 from bench.capture import HeadMapCapture
 from bench.heads import HeadIndex
 from bench.models import T2IModel
 from bench.samples import Sample, sample_slots
+from bench.store import GenerateStore, Geometry
 
 STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -72,14 +72,15 @@ def capture_batch(model: T2IModel, head_index: HeadIndex, batch: list[Sample], s
     return CapturedBatch(images, slots, stored, capture.extra_bytes())
 
 
-def generate_stage(model: T2IModel, samples: list[Sample], store: StageStore, steps: int, guidance_scale: float,
+def generate_stage(model: T2IModel, samples: list[Sample], store: GenerateStore, steps: int, guidance_scale: float,
                    batch_size: int, store_dtype: str = "float16", step_buckets: int = 1,
                    source: str = "generated", capture_eot: bool = False) -> dict:
     """Generate (or take the given images) and capture every sample not yet in `store`; returns statistics."""
     check_source(samples, source)
     head_index = model.head_index()
     store.bind_head_index(head_index)
-    todo = [s for s in samples if not store.has(f"samples/{s.id}.pt")]
+    store.save_geometry(Geometry(model.name, model.height, model.width, model.heatmap_size, model.daam_latent_hw))
+    todo = [s for s in samples if not store.complete(s.id)]
     seconds, stored_bytes = 0.0, []
     for start in tqdm(range(0, len(todo), batch_size), desc="generate+capture", unit="batch", disable=not todo):
         batch = todo[start: start + batch_size]
@@ -89,18 +90,12 @@ def generate_stage(model: T2IModel, samples: list[Sample], store: StageStore, st
         seconds += time.perf_counter() - t0
         for sample, image, (tokens, word_slots), per_res in zip(batch, done.images, done.slots, done.maps):
             stored_bytes.append(sum(t.numel() * t.element_size() for t in per_res.values()))
-            _save_png(store, f"images/{sample.id}.png", image)
-            store.save_torch(f"samples/{sample.id}.pt", {
+            store.save_sample(sample.id, {
                 "id": sample.id, "prompt_id": sample.row.id, "prompt": sample.row.prompt, "seed": sample.seed,
                 "tokens": tokens, "words": word_slots, "maps": per_res, "steps": steps,
-                "guidance_scale": guidance_scale})
+                "guidance_scale": guidance_scale}, image)
     stats = {"generated": len(todo), "cached": len(samples) - len(todo), "seconds": round(seconds, 3)}
     if stored_bytes:
         stats["bytes_per_sample"] = int(sum(stored_bytes) / len(stored_bytes))
     return stats
 
-
-def _save_png(store: StageStore, name: str, image: PIL.Image.Image) -> None:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    write_atomic(store.file(name), buf.getvalue())

@@ -36,7 +36,7 @@ from diffusers import PNDMScheduler
 from diffusers.models.attention_processor import Attention
 from tqdm import tqdm
 
-from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
+from bench.aggregate import mean_of_heads, parse_k, ranked_heads, resolve_k, word_head_maps
 from bench.cache import StageStore, write_atomic
 from bench.capture import Attn2Hooks
 from bench.heads import HeadIndex
@@ -45,7 +45,7 @@ from bench.prompts import MAX_TEXT_TOKENS, PromptRow, load_prompt_set, prompt_se
 from bench.relevance import ConceptRelevance, Relevance, read_concept_words
 from bench.samples import EOT
 from bench.score import heat_to_mask, iou, normalised_heat
-from bench.segment import load_word_masks
+from bench.store import GenerateStore, MaskStore
 
 # --- concept words and their embeddings --------------------------------------------------------------------
 
@@ -279,7 +279,7 @@ def hrv_stage(model: T2IModel, probe: list[PromptRow], concepts: dict[str, list[
     words = list(words or [])
     names = list(concepts)
     starts = list(range(0, len(probe), batch_size))
-    todo = [s for s in starts if not store.has(f"votes/{s:06d}.pt")]
+    todo = [s for s in starts if not store.has(f"votes/{s:06d}.pt")]  # a corrupt batch file is recomputed
     if todo or not store.has("hrv.pt"):
         flat = [(c, w) for c, ws in enumerate(concepts.values()) for w in ws]
         with generation_settings(model, scheduler, dtype):
@@ -331,7 +331,7 @@ def start_share_by_layer(start_share: np.ndarray, head_index: HeadIndex) -> pd.D
 def _save_npy(store: StageStore, name: str, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, array)
-    write_atomic(store.file(name), buf.getvalue())
+    store.write(name, buf.getvalue())
 
 
 class HRVRelevance(ConceptRelevance):
@@ -423,6 +423,7 @@ class PolysemyDiagnosis:
     """
 
     def __init__(self, k: int | float | str = "10%", max_figure_rows: int = 12):
+        parse_k(k)
         self.k, self.max_figure_rows = k, max_figure_rows
 
     def check(self, relevance: Relevance | None, rows: list[PromptRow]) -> None:
@@ -434,22 +435,20 @@ class PolysemyDiagnosis:
         if bad:
             raise ValueError(f"polysemy rows need a `concepts` list of known concepts ({relevance.concepts}): {bad}")
 
-    def __call__(self, samples: list, gen_store: StageStore, mask_store: StageStore, relevance: ConceptRelevance,
+    def __call__(self, samples: list, gen_store: GenerateStore, mask_store: MaskStore, relevance: ConceptRelevance,
                  tau: float | list[float], run_dir: Path) -> str:
         tau = float(tau if isinstance(tau, (int, float)) else tau[0])  # a tau sweep: its first value
-        geometry = gen_store.load_json("model.json")
-        head_index = HeadIndex.from_json(gen_store.file("head_index.json").read_text())
-        daam = head_index.daam_mask(geometry["daam_latent_hw"])
+        geometry, head_index = gen_store.geometry(), gen_store.head_index()
+        daam = head_index.daam_mask(geometry.daam_latent_hw)
         heads = {}
         for c in sorted({c for s in samples for c in s.row.extra["concepts"]}):
             order = ranked_heads(relevance.concept_vector(c, head_index))
             heads[c] = np.sort(order[: resolve_k(self.k, len(order))])
         rows, figure = [], []
         for sample in samples:
-            stored = gen_store.load_torch(f"samples/{sample.id}.pt")
-            masks = load_word_masks(mask_store, sample.id)
+            stored, masks = gen_store.sample(sample.id), mask_store.masks(sample.id)
             for word, slots in ((w, s) for w, s in stored["words"].items() if w != EOT):
-                maps = word_head_maps(stored["maps"], head_index, slots, geometry["heatmap_size"])  # (H, s, s)
+                maps = word_head_maps(stored["maps"], head_index, slots, geometry.heatmap_size)  # (H, s, s)
                 ref = masks[word].mask
                 per_concept = {}
                 for c in sample.row.extra["concepts"]:
@@ -489,18 +488,17 @@ class PolysemyDiagnosis:
         self._plot(figure[: self.max_figure_rows], gen_store, run_dir / "polysemy.png")
         return md
 
-    def _plot(self, items: list, gen_store: StageStore, path: Path) -> None:
+    def _plot(self, items: list, gen_store: GenerateStore, path: Path) -> None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import PIL.Image
 
         n_cols = 2 + max(len(pc) for *_, pc in items)
         fig, axes = plt.subplots(len(items), n_cols, figsize=(2.2 * n_cols, 2.3 * len(items)), squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
         for r, (sample, word, daam_heat, per_concept) in enumerate(items):
-            image = np.array(PIL.Image.open(gen_store.file(f"images/{sample.id}.png")).convert("RGB"))
+            image = np.array(gen_store.image(sample.id))
             axes[r, 0].imshow(image)
             axes[r, 0].set_title(f"{sample.row.prompt[:28]}\nseed {sample.seed}", fontsize=7)
             for c, (title, heat) in enumerate([("DAAM", daam_heat), *per_concept.items()], start=1):

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.cache import file_sha256
+
 MAX_TEXT_TOKENS = 75  # 77 positions minus start and end tokens
 
 
@@ -32,7 +34,12 @@ def load_prompt_set(path: str | Path, limit: int | None = None) -> list[PromptRo
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not a JSON object ({err.msg}, column {err.colno}): fix that line") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{n}: a row must be a JSON object with id, prompt and words")
         missing = {"id", "prompt", "words"} - rec.keys()
         if missing or not rec["words"]:
             raise ValueError(f"{path}:{n}: row needs id, prompt and a non-empty words list (missing {sorted(missing)})")
@@ -45,12 +52,32 @@ def load_prompt_set(path: str | Path, limit: int | None = None) -> list[PromptRo
         if "masks" in extra:
             extra["masks"] = {w: str(path.parent / m) for w, m in extra["masks"].items()}
         rows.append(PromptRow(str(rec["id"]), rec["prompt"], tuple(rec["words"]), extra))
-    return rows[:limit] if limit else rows
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        raise ValueError(f"prompt set {path} has no rows{f' (dataset.limit={limit})' if limit else ''}: "
+                         "add rows or point dataset.path to another file")
+    return rows
 
 
 def prompt_set_hash(rows: list[PromptRow]) -> str:
-    text = json.dumps([[r.id, r.prompt, list(r.words), r.extra] for r in rows], sort_keys=True)
+    """Key of the rows as generation reads them: text fields plus the contents of their `image` files
+    (a missing image is checked by the generate stage when it needs one)."""
+    images = [file_sha256(r.extra["image"]) if Path(r.extra.get("image", "")).is_file() else None for r in rows]
+    text = json.dumps([[r.id, r.prompt, list(r.words), r.extra, im] for r, im in zip(rows, images)], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def mask_files_hash(rows: list[PromptRow]) -> str:
+    """Key of the contents of every mask file the rows name (a segment stage input, hashed by content)."""
+    hashes = [[r.id, w, file_sha256(_existing(r, m, f"mask of {w!r}"))]
+              for r in rows for w, m in sorted(r.extra.get("masks", {}).items())]
+    return hashlib.sha256(json.dumps(hashes).encode()).hexdigest()[:16]
+
+
+def _existing(row: PromptRow, path: str, what: str) -> str:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} ({what} in prompt row {row.id!r}) does not exist: fix the prompt set")
+    return path
 
 
 def _pieces(tokenizer, text: str) -> list[str]:

@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
-from bench.cache import StageStore
+from bench.aggregate import mean_of_heads, parse_k, ranked_heads, resolve_k, word_head_maps
 from bench.heads import HeadIndex
 from bench.samples import EOT
 from bench.score import heat_to_mask, iou, ious_over_taus, normalised_heat
-from bench.segment import load_word_masks
+from bench.store import GenerateStore, MaskStore
 
 
 @dataclass
@@ -64,11 +63,14 @@ class Relevance(ABC):
     def check_words(self, words: list[str]) -> None:
         """Raise one line naming every word this source cannot score (called before any generation)."""
 
+    def check_heads(self, head_index: HeadIndex) -> None:
+        """Raise one line when stored vectors do not name this model's heads (called before any generation)."""
+
     def prepare(self, model, cache_root: str, model_config: dict, words: list[str]) -> dict:
         """Compute what the source needs from the model (a cached stage); returns its statistics."""
         return {}
 
-    def parts(self, samples: list, gen_store: StageStore, mask_store: StageStore,
+    def parts(self, samples: list, gen_store: GenerateStore, mask_store: MaskStore,
               taus: list[float]) -> list[RelevancePart]:
         """How the samples are scored; by default all of them with this relevance at every tau."""
         return [RelevancePart(None, 0, self, samples, taus)]
@@ -178,11 +180,18 @@ class FileRelevance(ConceptRelevance):
         super().__init__(word_to_concept, default_concept)
         self.vectors = np.load(vectors).astype(np.float64)  # (C, H)
         self.head_names = [str(n) for n in np.load(head_names, allow_pickle=True)]
+        self.head_names_path = str(head_names)
         self.concepts = read_concept_list(concepts)
         if self.vectors.shape != (len(self.concepts), len(self.head_names)):
             raise ValueError(f"{vectors}: shape {self.vectors.shape} != (concepts {len(self.concepts)}, "
                              f"heads {len(self.head_names)})")
         self.source = Path(vectors).name
+
+    def check_heads(self, head_index: HeadIndex) -> None:
+        try:
+            head_index.from_hrv_names(self.head_names)
+        except ValueError as err:
+            raise ValueError(f"relevance file {self.head_names_path}: {err}; use the vectors of this model") from None
 
     def describe(self) -> str:
         return (f"hrv_file ({self.source}; label-free, computed by its authors on their own probe prompts; "
@@ -263,21 +272,19 @@ def prompt_folds(prompt_ids: list[str], n_folds: int, seed: int = 0) -> dict[str
     return {unique[j]: i % n_folds for i, j in enumerate(order)}
 
 
-def head_ious(samples: list, gen_store: StageStore, mask_store: StageStore, taus: list[float],
+def head_ious(samples: list, gen_store: GenerateStore, mask_store: MaskStore, taus: list[float],
               chunk: int = 64) -> tuple[list[tuple], np.ndarray]:
     """Per-head IoU of every scored (sample, word): each head's own upsampled map, binarised by
     `heat_to_mask` at each tau, against the pseudo-GT mask. Returns [(sample, word)] and (P, n_taus, H)."""
-    geometry = gen_store.load_json("model.json")
-    head_index = HeadIndex.from_json(gen_store.file("head_index.json").read_text())
+    head_index, size = gen_store.head_index(), gen_store.geometry().heatmap_size
     pairs, out = [], []
     for sample in tqdm(samples, desc="oracle: per-head IoU", unit="sample"):
-        stored = gen_store.load_torch(f"samples/{sample.id}.pt")
-        masks = load_word_masks(mask_store, sample.id)
+        stored, masks = gen_store.sample(sample.id), mask_store.masks(sample.id)
         for word, slots in stored["words"].items():
             if word == EOT or masks[word].mask is None:
                 continue  # excluded pair: no reference to calibrate on
             ref = torch.from_numpy(masks[word].mask)
-            maps = word_head_maps(stored["maps"], head_index, slots, geometry["heatmap_size"])  # (H, s, s)
+            maps = word_head_maps(stored["maps"], head_index, slots, size)  # (H, s, s)
             per_tau = np.empty((len(taus), len(head_index)))
             for start in range(0, len(head_index), chunk):
                 norm = normalised_heat(maps[start: start + chunk], tuple(ref.shape))  # heat_to_mask before `> tau`
@@ -287,7 +294,7 @@ def head_ious(samples: list, gen_store: StageStore, mask_store: StageStore, taus
     return pairs, np.nan_to_num(np.stack(out)) if out else np.zeros((0, len(taus), len(head_index)))
 
 
-def oracle_relevance(samples: list, gen_store: StageStore, mask_store: StageStore, n_folds: int = 3,
+def oracle_relevance(samples: list, gen_store: GenerateStore, mask_store: MaskStore, n_folds: int = 3,
                      taus: list[float] = (0.4,), scope: str = "word", tune_k: int | float | str = "25%",
                      seed: int = 0) -> list[OracleFold]:
     """Held-out oracle: per fold, relevance = mean per-head IoU over the calibration folds' pairs (per word,
@@ -331,15 +338,14 @@ def oracle_relevance(samples: list, gen_store: StageStore, mask_store: StageStor
 
 
 def _tune_tau(pairs: list[tuple], pair_fold: np.ndarray, fits: dict, candidates: list[float], n_folds: int,
-              gen_store: StageStore, mask_store: StageStore, tune_k: int | float | str) -> dict[int, int]:
+              gen_store: GenerateStore, mask_store: MaskStore, tune_k: int | float | str) -> dict[int, int]:
     """Per fold, the candidate tau with the best calibration mIoU of top-k maps (relevance fit at that tau)."""
-    geometry = gen_store.load_json("model.json")
-    head_index = HeadIndex.from_json(gen_store.file("head_index.json").read_text())
+    head_index, size = gen_store.head_index(), gen_store.geometry().heatmap_size
     score = np.zeros((n_folds, len(candidates)))
     for p, (sample, word) in enumerate(tqdm(pairs, desc="oracle: tune tau", unit="pair")):
-        stored = gen_store.load_torch(f"samples/{sample.id}.pt")
-        ref = torch.from_numpy(load_word_masks(mask_store, sample.id)[word].mask)
-        maps = word_head_maps(stored["maps"], head_index, stored["words"][word], geometry["heatmap_size"])
+        stored = gen_store.sample(sample.id)
+        ref = torch.from_numpy(mask_store.masks(sample.id)[word].mask)
+        maps = word_head_maps(stored["maps"], head_index, stored["words"][word], size)
         for f in range(n_folds):
             if pair_fold[p] == f:
                 continue  # this pair is held out for fold f
@@ -363,6 +369,7 @@ class OracleRelevance(Relevance):
             raise ValueError(f"relevance.scope must be word or pooled, got {scope!r}")
         if folds < 2:
             raise ValueError(f"relevance.folds must be >= 2 (calibration and held-out), got {folds}")
+        parse_k(tune_k)
         self.n_folds, self.scope, self.tune_k, self.seed = folds, scope, tune_k, seed
         self.taus = [float(t) for t in taus] if taus else None
         self.folds: list[OracleFold] = []

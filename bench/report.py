@@ -30,10 +30,6 @@ COLUMNS = ["sample_id", "prompt_id", "seed", "tau", "word", "method", "variant",
 CURVE_MIN_VARIANTS = 10
 
 
-def read_scores(path: Path) -> pd.DataFrame:
-    """A stored long table (scores.csv); `excluded` read as text (it is empty for most rows, which made pandas
-    guess a type per chunk and warn)."""
-    return pd.read_csv(path, dtype={"excluded": object, "variant": object})
 KEYS = ["method", "variant", "tau"]
 
 
@@ -63,7 +59,10 @@ def summarise(table: pd.DataFrame, baseline: str = "daam", by: list[str] = (), n
         out["n_folds"] = scored["fold"].nunique()
     out["n_prompts"] = scored["prompt_id"].nunique()
     out["n_seeds"] = scored["seed"].nunique()
-    reasons = table[table["excluded"].notna()].groupby(keys + ["excluded"], sort=False).size()
+    excluded = table[table["excluded"].notna()]
+    if "draw" in table.columns:  # an excluded pair has a row per random draw: counted once, as in n_pairs
+        excluded = excluded.drop_duplicates(keys + ["sample_id", "word"])
+    reasons = excluded.groupby(keys + ["excluded"], sort=False).size()
     out["n_excluded"] = reasons.groupby(level=keys, sort=False).sum()
     out["excluded_reasons"] = reasons.groupby(level=keys, sort=False).apply(
         lambda r: "; ".join(f"{reason}: {n}" for reason, n in zip(r.index.get_level_values("excluded"), r)))

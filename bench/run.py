@@ -1,13 +1,17 @@
 """One harness run: prompts -> generate+capture -> pseudo-GT -> aggregate+score -> summary.
 
-Every input is checked before the model generates anything; each stage reads the cache of the one
-before it, so a sweep over methods, k or tau never regenerates images or re-segments them.
+Every input is checked before the model generates anything (all that does not need the model before it
+loads; token positions, head groups and relevance files against its heads right after); each stage reads
+the cache of the one before it, so a sweep over methods, k or tau never regenerates images or re-segments
+them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -16,15 +20,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bench import USER_ERRORS
-from bench.cache import StageStore
-from bench.evaluate import KCurve, Overlays, Selective, evaluate_stage
+from bench.evaluate import KCurve, Overlays, Selective, check_taus, check_workers, evaluate_stage
 from bench.figures import save_overlays, write_figures
 from bench.generate import generate_stage
-from bench.prompts import load_prompt_set, prompt_set_hash, token_positions
+from bench.prompts import load_prompt_set, mask_files_hash, prompt_set_hash, token_positions
 from bench.provenance import REPO, describe, provenance
 from bench.report import compact, summarise, write_summary
-from bench.samples import make_samples, shard
-from bench.segment import segment_stage
+from bench.samples import make_samples, parse_shard, shard
+from bench.segment import FileMaskSegmenter, segment_stage
+from bench.store import GenerateStore, MaskStore, write_table
+
+# run folders are `<time>_<pid>-<random>` (conf/config.yaml), so two runs started in the same second never
+# share one; cached per config, so every job of a multirun resolves the same sweep folder
+OmegaConf.register_new_resolver("unique", lambda: f"{os.getpid()}-{uuid.uuid4().hex[:6]}", use_cache=True,
+                                replace=True)
 
 
 def build(node: DictConfig):
@@ -49,31 +58,45 @@ def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
 def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     t_start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
+    # every value that does not need the model, before it loads
     dataset_path = build(cfg.dataset.build) if cfg.dataset.get("build") else cfg.dataset.path
     rows = load_prompt_set(dataset_path, cfg.dataset.get("limit"))
     seeds = [int(s) for s in cfg.dataset.seeds]
+    parse_shard(cfg.get("shard"))
+    check_taus(cfg.eval.tau)
+    check_workers(cfg.eval.workers)
     methods = [build(m) for m in cfg.method.methods.values()]
     relevance = build(cfg.relevance) if cfg.get("relevance") else None
     analyses = [build(node) for node in (cfg.get("analyses") or {}).values()]
     segmenter = build(cfg.segmenter)
     segmenter.check_available()
-    model = build(cfg.model.loader)
-    positions = token_positions(model.tokenizer, rows)  # fails on any missing word before generating
     words = sorted({w for row in rows for w in row.words})
     own = {m.name: m.relevance for m in methods if isinstance(m, Selective) and m.relevance is not None}
     sources = [r for r in (relevance, *own.values()) if r is not None]
     for source in sources:
-        source.check_words(words)  # e.g. a word without a concept: fails before generating
+        source.check_words(words)  # e.g. a word without a concept
     for analysis in analyses:
         analysis.check(relevance, rows)
+    rows_key = prompt_set_hash(rows)  # image files by content
+    masks_key = mask_files_hash(rows) if isinstance(segmenter, FileMaskSegmenter) else None
+
+    # what needs the model (its tokenizer and heads), before it generates anything
+    model = build(cfg.model.loader)
+    positions = token_positions(model.tokenizer, rows)  # fails on any missing word
+    head_index = model.head_index()
+    for method in methods:
+        if isinstance(method, Selective):
+            method.check(head_index)  # k, blocks and resolutions against this model's heads
+    for source in sources:
+        source.check_heads(head_index)  # a relevance file of another model
     samples = shard(make_samples(rows, seeds, positions), cfg.get("shard"))
+    if not samples:
+        raise ValueError(f"shard={cfg.shard} leaves no sample of {len(rows)} prompts: use fewer shards")
 
     gen = cfg.model.generation
     gen_config = {"model": OmegaConf.to_container(cfg.model.loader), "generation": OmegaConf.to_container(gen),
                   "capture": OmegaConf.to_container(cfg.capture), "weights": model.fingerprint}
-    gen_store = StageStore(cfg.paths.cache, "generate", gen_config, [prompt_set_hash(rows)])
-    gen_store.save_json("model.json", {"name": model.name, "height": model.height, "width": model.width,
-                                       "heatmap_size": model.heatmap_size, "daam_latent_hw": model.daam_latent_hw})
+    gen_store = GenerateStore(cfg.paths.cache, gen_config, [rows_key])
     gen_stats = generate_stage(model, samples, gen_store, gen.steps, gen.guidance_scale, gen.batch_size,
                                cfg.capture.store_dtype, cfg.capture.step_buckets, cfg.capture.source,
                                cfg.capture.eot)
@@ -81,13 +104,13 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     relevance_stats = {s.name: s.prepare(model, cfg.paths.cache, model_key, words) for s in sources}
 
     seg_config = OmegaConf.to_container(cfg.segmenter)
-    mask_store = StageStore(cfg.paths.cache, "segment", seg_config, [gen_store.key])
+    mask_store = MaskStore(cfg.paths.cache, seg_config, [gen_store.key, masks_key])
     seg_stats = segment_stage(segmenter, samples, gen_store, mask_store)
 
     overlays = Overlays(samples)
     table = evaluate_stage(samples, gen_store, mask_store, methods, relevance, cfg.eval.tau, cfg.eval.workers,
                            overlays)
-    table.to_csv(run_dir / "scores.csv", index=False)
+    write_table(table, run_dir)
     summary = summarise(table)
     labels = {m.name: (m.relevance or relevance).label() for m in methods
               if isinstance(m, Selective) and (m.relevance or relevance) is not None}

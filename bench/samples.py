@@ -25,13 +25,21 @@ def make_samples(rows: list[PromptRow], seeds: list[int], positions: list[dict[s
     return [Sample(f"{row.id}__s{seed}", row, int(seed), pos) for row, pos in zip(rows, positions) for seed in seeds]
 
 
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """`i/n` as (i, n) with 0 <= i < n; None for no sharding."""
+    if not spec:
+        return None
+    i, _, n = str(spec).partition("/")
+    if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+        raise ValueError(f"shard={spec}: use i/n with 0 <= i < n, e.g. shard=0/4")
+    return int(i), int(n)
+
+
 def shard(samples: list[Sample], spec: str | None) -> list[Sample]:
     """`i/n`: every n-th prompt starting at i (all seeds of a prompt stay in one shard)."""
     if not spec:
         return samples
-    i, n = (int(x) for x in str(spec).split("/"))
-    if not 0 <= i < n:
-        raise ValueError(f"shard={spec}: need 0 <= i < n")
+    i, n = parse_shard(spec)
     prompt_ids = list(dict.fromkeys(s.row.id for s in samples))
     mine = set(prompt_ids[i::n])
     return [s for s in samples if s.row.id in mine]

@@ -20,8 +20,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from bench import USER_ERRORS
 from bench.figures import load_overlays, save_overlays, write_figures
-from bench.report import COLUMNS, compact, config_label, read_scores, summarise, write_summary
+from bench.report import COLUMNS, compact, config_label, summarise, write_summary
+from bench.store import read_table, write_table
 
 NOT_GROUPED = {"shard", "dataset.seeds", "eval.tau"}
 DEFAULT = "(default)"  # a column's value for jobs that did not override that key
@@ -54,7 +56,7 @@ def merge_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     keys = list(dict.fromkeys(k for o in overrides for k in o))
     tables = []
     for job, over in zip(tqdm(jobs, desc="merge jobs", unit="job"), overrides):
-        table = read_scores(job / "scores.csv")
+        table = read_table(job)
         for i, key in enumerate(keys):
             table.insert(i, key, over.get(key, DEFAULT))
         tables.append(table)
@@ -68,11 +70,11 @@ def report_dir(path: Path, figures: bool = True) -> pd.DataFrame:
     """Merge a sweep directory (or re-report one run directory) into scores.csv, summary.* and fig_*.png there."""
     path = Path(path)
     if (path / "scores.csv").exists() and not job_dirs(path):
-        table, by, jobs = read_scores(path / "scores.csv"), [], [path]
+        table, by, jobs = read_table(path), [], [path]
     else:
         table, by = merge_jobs(path)
         jobs = job_dirs(path)
-        table.to_csv(path / "scores.csv", index=False)
+        write_table(table, path)
     summary = summarise(table, by=by)
     write_summary(summary, path, _header(path, jobs, by, table), by)
     overlays = _merged_overlays(jobs, by)
@@ -137,4 +139,7 @@ class MergeSweep(Callback):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m bench.sweep <sweep or run directory>")
-    report_dir(Path(sys.argv[1]))
+    try:
+        report_dir(Path(sys.argv[1]))
+    except USER_ERRORS as err:
+        raise SystemExit(f"error: {err}") from None

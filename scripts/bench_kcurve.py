@@ -27,12 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 from diffusers import UNet2DConditionModel
 
 from bench.aggregate import word_head_maps
-from bench.cache import StageStore
 from bench.evaluate import KCurve, evaluate_stage, make_context
 from bench.figures import kcurve_figure
 from bench.heads import HeadIndex
@@ -41,7 +39,7 @@ from bench.prompts import PromptRow
 from bench.relevance import Relevance
 from bench.report import summarise
 from bench.samples import Sample
-from bench.segment import load_word_masks
+from bench.store import GenerateStore, Geometry, MaskStore, WordMask, mask_name
 
 IMAGE = 1024
 GRID = 64
@@ -69,27 +67,23 @@ def sdxl_head_index() -> HeadIndex:
 
 
 def write_pool(root: Path, head_index: HeadIndex, n_pool: int, n_samples: int, words: list[str],
-               rng: np.random.Generator) -> tuple[StageStore, StageStore, list[Sample], SyntheticRelevance]:
+               rng: np.random.Generator) -> tuple[GenerateStore, MaskStore, list[Sample], SyntheticRelevance]:
     """Pool samples in the generate / segment stages' formats; n_samples ids linked to them."""
-    gen = StageStore(root, "generate", {"synthetic": "sdxl shapes"}, [])
-    seg = StageStore(root, "segment", {"synthetic": "masks"}, [gen.key])
-    gen.save_json("model.json", {"name": "synthetic_sdxl", "height": IMAGE, "width": IMAGE, "heatmap_size": GRID,
-                                 "daam_latent_hw": (IMAGE // 8) ** 2})
-    gen.file("head_index.json").write_text(head_index.to_json())
+    gen = GenerateStore(root, {"synthetic": "sdxl shapes"}, [])
+    seg = MaskStore(root, {"synthetic": "masks"}, [gen.key])
+    gen.save_geometry(Geometry("synthetic_sdxl", IMAGE, IMAGE, GRID, (IMAGE // 8) ** 2))
+    gen.bind_head_index(head_index)
     informative = {w: rng.beta(0.5, 2.0, len(head_index)) for w in words}  # (H,) per word
     relevance = SyntheticRelevance({w: a + 0.3 * rng.random(len(head_index)) for w, a in informative.items()})
-    (seg.path / "masks").mkdir(parents=True, exist_ok=True)
     for p in range(n_pool):
-        maps, meta = {}, {}
+        maps, masks = {}, {}
         blobs = {}
         for w in words:
             cy, cx, r = rng.uniform(0.25, 0.75), rng.uniform(0.25, 0.75), rng.uniform(0.12, 0.3)
             blobs[w] = (cy, cx, r)
             yy, xx = np.mgrid[0:IMAGE, 0:IMAGE] / IMAGE
-            mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
-            PIL.Image.fromarray(mask.astype(np.uint8) * 255).save(seg.path / f"masks/pool{p}__{w}.png")
-            meta[w] = {"reason": None, "boxes": [], "scores": [], "png": f"masks/pool{p}__{w}.png"}
-        (seg.path / f"masks/pool{p}.json").write_text(json.dumps(meta))
+            masks[w] = WordMask((yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2)
+        seg.save_masks(f"pool{p}", masks)
         for res in head_index.resolutions:
             heads = head_index.heads_at(res)
             yy, xx = np.mgrid[0:res[0], 0:res[1]] / res[0]
@@ -101,17 +95,21 @@ def write_pool(root: Path, head_index: HeadIndex, n_pool: int, n_samples: int, w
                 noise = rng.random((len(heads), *res))
                 per_word.append(a * blob + (1 - a) * noise)  # (H_r, h, w)
             maps[res] = torch.from_numpy(np.stack(per_word, 1)[None]).to(torch.float16)  # (1, H_r, T, h, w)
-        gen.save_torch(f"samples/pool{p}.pt", {"maps": maps, "words": {w: [i] for i, w in enumerate(words)}})
+        gen.save_torch(f"samples/pool{p}.pt", {"maps": maps, "words": {w: [i] for i, w in enumerate(words)}},
+                       f"pool{p}")
     samples = []
     for i in range(n_samples):
-        sid = f"s{i:04d}"
-        (gen.path / f"samples/{sid}.pt").symlink_to(gen.path / f"samples/pool{i % n_pool}.pt")
-        (seg.path / f"masks/{sid}.json").symlink_to(seg.path / f"masks/pool{i % n_pool}.json")
+        sid, pool = f"s{i:04d}", f"pool{i % n_pool}"
+        gen.link(f"samples/{sid}.pt", f"samples/{pool}.pt", sid)
+        for w in words:
+            seg.link(mask_name(sid, w), mask_name(pool, w), sid)
+        seg.save_json(f"masks/{sid}.json", {w: {"reason": None, "boxes": [], "scores": [], "png": mask_name(sid, w)}
+                                            for w in words}, sid)
         samples.append(Sample(sid, PromptRow(f"p{i:04d}", "synthetic", tuple(words), {}), 0, {}))
     return gen, seg, samples, relevance
 
 
-def breakdown(samples: list, gen: StageStore, seg: StageStore, method: KCurve, relevance: Relevance,
+def breakdown(samples: list, gen: GenerateStore, seg: MaskStore, method: KCurve, relevance: Relevance,
               n: int = 50) -> dict[str, float]:
     """Milliseconds per pair of each step on the first n samples, in this thread (torch threads as set)."""
     ctx = make_context(gen, relevance)
@@ -119,8 +117,7 @@ def breakdown(samples: list, gen: StageStore, seg: StageStore, method: KCurve, r
     pairs = 0
     for sample in samples[:n]:
         t0 = time.perf_counter()
-        stored = gen.load_torch(f"samples/{sample.id}.pt")
-        masks = load_word_masks(seg, sample.id)
+        stored, masks = gen.sample(sample.id), seg.masks(sample.id)
         t["load"] += time.perf_counter() - t0
         for word, slots in stored["words"].items():
             t0 = time.perf_counter()
@@ -151,7 +148,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kcurve_bench_") as tmp:
         gen, seg, samples, relevance = write_pool(Path(tmp), head_index, args.pool, args.samples, words, rng)
         for sample in samples[: args.pool]:  # warm the page cache (the timed run reads every id)
-            gen.load_torch(f"samples/{sample.id}.pt")
+            gen.sample(sample.id)
         load_before = os.getloadavg()
         t0, c0 = time.perf_counter(), time.process_time()
         table = evaluate_stage(samples, gen, seg, [method], relevance, args.taus, args.workers)

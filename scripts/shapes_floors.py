@@ -8,13 +8,12 @@ tau chosen on calibration folds) with n, and generated-mode fidelity. Writes Mar
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from bench.shapes.world import SHAPES
+from bench.store import read_table
 
 
 def word_kind_table(sweep: Path, tau: float = 0.4) -> str:
-    scores = pd.read_csv(sweep / "scores.csv")
+    scores = read_table(sweep)
     # the oracle job scores each held-out fold at the tau its calibration folds chose: keep those rows
     tuned = scores["relevance"].eq("oracle") if "relevance" in scores.columns else False
     scores = scores[((scores["tau"] == tau) | tuned) & scores["excluded"].isna()]

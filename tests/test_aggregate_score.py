@@ -49,12 +49,13 @@ def test_heat_to_mask_normalises_each_map():
     assert torch.equal(turned, heat.transpose(1, 2)) and heat[1, 0, 0] == 100.0
 
 
-@pytest.mark.parametrize("k, expect", [(10, 10), ("10", 10), (0.25, 29), ("25%", 29), ("all", 116)])
+@pytest.mark.parametrize("k, expect", [(10, 10), ("10", 10), (0.25, 29), ("0.25", 29), ("25%", 29), ("all", 116),
+                                       ("100%", 116), (1, 1), (1.0, 1), ("1.0", 1), (116.0, 116)])
 def test_resolve_k(k, expect):
     assert resolve_k(k, 116) == expect
 
 
-@pytest.mark.parametrize("k", [0, 117, "0%", 1.5])
+@pytest.mark.parametrize("k", [0, -1, 117, "0%", "150%", 1.5, "foo", "", True])
 def test_resolve_k_rejects(k):
     with pytest.raises(ValueError):
         resolve_k(k, 116)

@@ -8,7 +8,7 @@ import torch
 from helpers import REPO
 
 from bench.capture import HeadMapCapture
-from bench.generate import capture_batch, make_samples
+from bench.generate import capture_batch
 from bench.perf import (
     check_floors,
     compare,
@@ -21,6 +21,7 @@ from bench.perf import (
 )
 from bench.prompts import load_prompt_set, token_positions
 from bench.run import build
+from bench.samples import make_samples
 
 
 def test_sdxl_random_builds_on_meta_with_the_real_sizes():

@@ -10,9 +10,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from helpers import REPO, SHARED_REFERENCE, cfg_for
 
-import bench.relevance
 from bench.aggregate import ranked_heads, word_head_maps
-from bench.cache import StageStore
 from bench.evaluate import Selective, load_sample, make_context
 from bench.figures import load_overlays
 from bench.heads import HeadIndex
@@ -31,6 +29,7 @@ from bench.run import run
 from bench.samples import make_samples
 from bench.score import heat_to_mask
 from bench.segment import WordMask
+from bench.store import GenerateStore, MaskStore
 from bench.tokenizer import clip_tokenizer
 
 HRV = SHARED_REFERENCE / "hrv"
@@ -117,10 +116,11 @@ def test_prompt_folds_keep_seeds_together():
 
 
 
-def open_store(path: Path) -> StageStore:
+def open_store(path: Path) -> GenerateStore | MaskStore:
     """A stage folder written by a run, reopened from its own stage.json (same key, same path)."""
     meta = json.loads((path / "stage.json").read_text())
-    store = StageStore(path.parents[1], meta["stage"], meta["config"], meta["inputs"])
+    store = {"generate": GenerateStore, "segment": MaskStore}[meta["stage"]](path.parents[1], meta["config"],
+                                                                              meta["inputs"])
     assert store.path == path
     return store
 
@@ -161,7 +161,7 @@ def test_oracle_folds_are_held_out(random_run, shared_cache, monkeypatch):
     gen_store = open_store(next(shared_cache.glob("generate/*/stage.json")).parent)
     mask_store = open_store(next(shared_cache.glob("segment/*/stage.json")).parent)
     rows = load_prompt_set(REPO / "data/smoke/prompts.jsonl", 3)
-    index = HeadIndex.from_json(gen_store.file("head_index.json").read_text())
+    index = gen_store.head_index()
     samples = make_samples(rows, [0, 1], token_positions(clip_tokenizer(), rows))
     folds = oracle_relevance(samples, gen_store, mask_store, n_folds=3, taus=[0.3, 0.5], seed=0)
     assert sorted(s.id for f in folds for s in f.held_out) == sorted(s.id for s in samples)
@@ -169,9 +169,9 @@ def test_oracle_folds_are_held_out(random_run, shared_cache, monkeypatch):
         assert all(len({s.seed for s in f.held_out if s.row.id == p}) == 2 for p in {s.row.id for s in f.held_out})
 
     def per_head_iou(sample, word, tau):
-        stored = gen_store.load_torch(f"samples/{sample.id}.pt")
-        ref = bench.relevance.load_word_masks(mask_store, sample.id)[word].mask
-        size = gen_store.load_json("model.json")["heatmap_size"]
+        stored = gen_store.sample(sample.id)
+        ref = mask_store.masks(sample.id)[word].mask
+        size = gen_store.geometry().heatmap_size
         maps = word_head_maps(stored["maps"], index, stored["words"][word], size)
         pred = heat_to_mask(maps, ref.shape, tau).numpy()
         return (pred & ref).sum((1, 2)) / (pred | ref).sum((1, 2))
@@ -183,17 +183,17 @@ def test_oracle_folds_are_held_out(random_run, shared_cache, monkeypatch):
             want = np.mean([per_head_iou(s, w, f.tau) for s, w in mine], axis=0)
             np.testing.assert_allclose(f.relevance.vector(word, index), want, atol=1e-12)
 
-    real = bench.relevance.load_word_masks
+    real = mask_store.masks
     held = {s.id for s in folds[0].held_out}
     rng = np.random.default_rng(0)
 
-    def scrambled(store, sample_id):
-        masks = real(store, sample_id)
+    def scrambled(sample_id):
+        masks = real(sample_id)
         if sample_id in held:
             masks = {w: WordMask(rng.random(m.mask.shape) > 0.5) if m.mask is not None else m for w, m in masks.items()}
         return masks
 
-    monkeypatch.setattr(bench.relevance, "load_word_masks", scrambled)
+    monkeypatch.setattr(mask_store, "masks", scrambled)
     again = oracle_relevance(samples, gen_store, mask_store, n_folds=3, taus=[0.3, 0.5], seed=0)
     word = folds[0].held_out[0].row.words[0]
     assert again[0].tau == folds[0].tau

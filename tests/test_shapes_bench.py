@@ -75,21 +75,21 @@ def shipped_run(tmp_path_factory):
     """Image mode with the shipped checkpoint on 32 fixed eval renders (never used in training):
     per shape word, its per-head maps (H, 32, 32), its exact mask and another object's mask (or None)."""
     from bench.aggregate import word_head_maps
-    from bench.cache import StageStore
     from bench.generate import generate_stage
     from bench.models import load_shapes
     from bench.prompts import load_prompt_set, token_positions
     from bench.samples import make_samples
+    from bench.store import GenerateStore
 
     model = load_shapes(str(SHIPPED))
     rows = load_prompt_set(write_eval_set(str(tmp_path_factory.mktemp("eval")), n_scenes=32, first=500))
     samples = make_samples(rows, [0], token_positions(model.tokenizer, rows))
-    store = StageStore(tmp_path_factory.mktemp("stages"), "generate", {"shipped": 1}, [])
+    store = GenerateStore(tmp_path_factory.mktemp("stages"), {"shipped": 1}, [])
     generate_stage(model, samples, store, steps=10, guidance_scale=1.0, batch_size=32, source="image")
     index = model.head_index()
     pairs = []
     for sample, row in zip(samples, rows):
-        stored = store.load_torch(f"samples/{sample.id}.pt")
+        stored = store.sample(sample.id)
         masks = {w: torch.from_numpy(np.asarray(PIL.Image.open(p)) > 127) for w, p in row.extra["masks"].items()}
         shapes = [w for w in row.words if w in SHAPES]
         for word in shapes:

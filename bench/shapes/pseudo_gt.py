@@ -89,7 +89,7 @@ class FidelityReport:
     def __call__(self, samples: list, gen_store, mask_store, relevance, tau, run_dir) -> str:
         rows = []
         for sample in samples:
-            image = PIL.Image.open(gen_store.file(f"images/{sample.id}.png"))
+            image = gen_store.image(sample.id)
             result = fidelity(image, sample.row.prompt)
             rows.append({"sample_id": sample.id, "prompt": sample.row.prompt, "faithful": result["faithful"],
                          "colours_ok": all(o["area_ok"] for o in result["objects"]),

@@ -1,0 +1,405 @@
+"""Fault injection (issue 13's table, one test per row): corrupt, truncate, swap and bit-flip cached artifacts,
+a killed writer, a file-size limit, concurrent runs, a truncated table and every bad config value.
+
+A broken cache item is recomputed with a one-line warning naming the file, and the rerun's table is the
+baseline's byte for byte; a bad value fails in one line before the model loads (or, when it needs the
+model's heads, before anything is generated). One small tiny_sdxl run's cache serves every test (copied).
+"""
+
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import PIL.Image
+import pytest
+import torch
+from conftest import REPO, FixedRelevance
+from test_run import cfg_for
+
+import bench.models
+from bench.aggregate import mean_of_heads, word_head_maps
+from bench.cache import StageStore, sweep_temporaries, write_atomic
+from bench.evaluate import Context, Selective
+from bench.generate import generate_stage
+from bench.heads import HeadIndex
+from bench.prompts import PromptRow, load_prompt_set, prompt_set_hash, token_positions
+from bench.run import run
+from bench.samples import make_samples
+from bench.score import heat_to_mask, iou
+from bench.store import GenerateStore, MaskStore, WordMask, mask_name
+from bench.sweep import report_dir
+
+SMALL = ["dataset.limit=2", "dataset.seeds=[0]", "model.generation.steps=2", "model.generation.batch_size=1",
+         "relevance.draws=1", "report.figures=false", "eval.workers=1"]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    """One small run (2 prompts x 1 seed) on a copy of the smoke prompt set: root/{data, cache, run}."""
+    root = tmp_path_factory.mktemp("faults")
+    shutil.copytree(REPO / "data" / "smoke", root / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        mp.setenv("BENCH_CACHE_DIR", str(root / "cache"))
+        run(cfg_for([*SMALL, f"dataset.path={root / 'data' / 'prompts.jsonl'}"]), root / "run")
+    return root
+
+
+def rerun(baseline: Path, cache: Path, out: Path, monkeypatch, overrides: list[str] = ()) -> dict:
+    """The baseline's config (plus overrides) on `cache`; returns the run's stats."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(cache))
+    run(cfg_for([*SMALL, f"dataset.path={baseline / 'data' / 'prompts.jsonl'}", *overrides]), out)
+    return json.loads((out / "stats.json").read_text())
+
+
+def copy_cache(baseline: Path, tmp_path: Path) -> Path:
+    shutil.copytree(baseline / "cache", tmp_path / "cache", symlinks=True)
+    return tmp_path / "cache"
+
+
+def items(cache: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in cache.glob(pattern) if not p.name.endswith(".sum"))
+
+
+def flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle: middle + 8] = bytes(255 - b for b in data[middle: middle + 8])
+    path.write_bytes(bytes(data))
+
+
+CORRUPTIONS = {
+    "8 bytes overwritten": flip_bytes,
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "empty": lambda p: p.write_bytes(b""),
+    "garbage": lambda p: p.write_bytes(os.urandom(p.stat().st_size)),
+}
+
+
+@pytest.mark.parametrize("pattern, how, regenerated, resegmented", [
+    *[("generate/*/samples/*.pt", how, 1, 0) for how in CORRUPTIONS],
+    ("generate/*/images/*.png", "truncated", 1, 0),
+    ("segment/*/masks/*.json", "garbage", 0, 1),
+    ("segment/*/masks/*.png", "garbage", 0, 1),
+    ("generate/*/head_index.json", "garbage", 0, 0),
+    ("generate/*/model.json", "garbage", 0, 0),
+])
+def test_corrupt_cache_item_is_recomputed_with_a_warning(baseline, tmp_path, monkeypatch, capsys, pattern, how,
+                                                         regenerated, resegmented):
+    cache = copy_cache(baseline, tmp_path)
+    victim = items(cache, pattern)[0]
+    CORRUPTIONS[how](victim)
+    stats = rerun(baseline, cache, tmp_path / "run", monkeypatch)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings and all(str(victim) in line for line in warnings), warnings
+    assert stats["generate"]["generated"] == regenerated and stats["segment"].get("segmented") == resegmented
+    assert (tmp_path / "run" / "scores.csv").read_bytes() == (baseline / "run" / "scores.csv").read_bytes()
+
+
+@pytest.mark.parametrize("with_record", [False, True])
+def test_another_samples_file_copied_over_one_is_recomputed(baseline, tmp_path, monkeypatch, capsys, with_record):
+    """A valid .pt of sample B over sample A's: caught by A's recorded hash, or (record copied too) by its owner."""
+    cache = copy_cache(baseline, tmp_path)
+    first, second = items(cache, "generate/*/samples/*.pt")[:2]
+    shutil.copyfile(second, first)
+    if with_record:
+        shutil.copyfile(f"{second}.sum", f"{first}.sum")
+    stats = rerun(baseline, cache, tmp_path / "run", monkeypatch)
+    err = capsys.readouterr().err
+    assert f"warning: {first}: " in err and ("belongs to" in err) == with_record
+    assert stats["generate"]["generated"] == 1
+    assert (tmp_path / "run" / "scores.csv").read_bytes() == (baseline / "run" / "scores.csv").read_bytes()
+
+
+def test_killed_writer_leaves_nothing_half_done(baseline, tmp_path, monkeypatch):
+    """kill -9 between an item and its record, with a temporary file of the dead writer left behind: the
+    sample is regenerated, the temporary file swept, the table unchanged."""
+    cache = copy_cache(baseline, tmp_path)
+    sample = items(cache, "generate/*/samples/*.pt")[0]
+    Path(f"{sample}.sum").unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = sample.with_name(f".{sample.name}.tmp-{int(dead.stdout)}-0000abcd-{socket.gethostname()}")
+    stale.write_bytes(b"half a file")
+    stats = rerun(baseline, cache, tmp_path / "run", monkeypatch)
+    assert stats["generate"]["generated"] == 1 and not stale.exists()
+    assert (tmp_path / "run" / "scores.csv").read_bytes() == (baseline / "run" / "scores.csv").read_bytes()
+
+
+def test_kill_9_mid_generation_resumes_to_the_same_table(baseline, tmp_path, monkeypatch):
+    """A real `kill -9` once the first sample is stored: the rerun generates only what is missing, leaves no
+    temporary file and writes the baseline's table."""
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "bench", *SMALL, f"dataset.path={baseline / 'data' / 'prompts.jsonl'}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "cache").glob("generate/*/samples/*.pt.sum")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    stats = rerun(baseline, tmp_path / "cache", tmp_path / "run", monkeypatch)
+    assert stats["generate"]["cached"] >= 1 and stats["generate"]["generated"] <= 1
+    assert not list((tmp_path / "cache").rglob(".*.tmp-*"))
+    assert (tmp_path / "run" / "scores.csv").read_bytes() == (baseline / "run" / "scores.csv").read_bytes()
+
+
+def test_temporary_files_of_live_writers_are_kept(tmp_path):
+    """This host's live writer, and another host's recent one (a shared cache), are never swept."""
+    live = tmp_path / f".x.pt.tmp-{os.getpid()}-00000000-{socket.gethostname()}"
+    elsewhere = tmp_path / ".y.pt.tmp-1-00000000-another-host"
+    old = tmp_path / ".z.pt.tmp-1-00000000-another-host"
+    for path in (live, elsewhere, old):
+        path.write_bytes(b"being written")
+    os.utime(old, (0, 0))
+    assert sweep_temporaries(tmp_path) == 1 and live.exists() and elsewhere.exists() and not old.exists()
+
+
+def test_file_size_limit_fails_in_one_line_and_leaves_no_temporary_file(tmp_path):
+    """`ulimit -f` (the same EFBIG as a full disk's ENOSPC path): one line naming the file, no .tmp-* left."""
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
+    proc = subprocess.run([sys.executable, "-m", "bench", *SMALL], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("error: could not write ") and "File too large" in last, last
+    assert not list((tmp_path / "cache").rglob(".*.tmp-*"))
+
+
+def test_write_failure_removes_the_temporary_file(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(bench.StoreWriteError, match=r"could not write .*item\.bin: No space left on device"):
+        write_atomic(tmp_path / "item.bin", b"data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_runs_get_their_own_folders_and_the_same_scores(baseline, tmp_path):
+    """Two CLI runs started together on one cache: two run folders, both tables equal to the baseline's."""
+    cache = copy_cache(baseline, tmp_path)
+    env = {**os.environ, "BENCH_CACHE_DIR": str(cache), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "bench", *SMALL, f"dataset.path={baseline / 'data' / 'prompts.jsonl'}"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2
+    baseline_scores = (baseline / "run" / "scores.csv").read_bytes()
+    assert all((r / "scores.csv").read_bytes() == baseline_scores for r in runs)
+
+
+def test_run_folders_of_one_second_differ(monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert cfg_for([]).hydra.run.dir != cfg_for([]).hydra.run.dir
+    assert cfg_for([]).hydra.sweep.dir != cfg_for([]).hydra.sweep.dir
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited"])
+def test_report_refuses_a_table_that_disagrees_with_its_run(baseline, tmp_path, damage):
+    shutil.copytree(baseline / "run", tmp_path / "run")
+    scores = tmp_path / "run" / "scores.csv"
+    text = scores.read_text()
+    scores.write_text(text[: len(text) // 2] if damage == "truncated" else text.replace("0.", "1.", 1))
+    with pytest.raises(ValueError, match="scores.csv: .* disagrees? with what its run recorded"):
+        report_dir(tmp_path / "run", figures=False)
+    if damage == "edited":
+        return
+    proc = subprocess.run([sys.executable, "-m", "bench.sweep", str(tmp_path / "run")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(f"error: {scores}: ")
+
+
+def test_report_accepts_the_table_its_run_wrote(baseline, tmp_path):
+    shutil.copytree(baseline / "run", tmp_path / "run")
+    summary = report_dir(tmp_path / "run", figures=False)
+    assert summary["n_pairs"].min() > 0
+
+
+def test_words_that_sanitise_alike_get_their_own_masks(tmp_path):
+    """Two emoji (one slug) and 'a b' / 'a_b': every word keeps its own mask file and mask."""
+    store = MaskStore(tmp_path, {"t": 1}, [])
+    words = ["🐱", "🐶", "a b", "a_b"]
+    masks = {w: WordMask(np.eye(8, dtype=bool) if i % 2 else ~np.eye(8, dtype=bool)) for i, w in enumerate(words)}
+    store.save_masks("s0", masks)
+    assert len({mask_name("s0", w) for w in words}) == len(words)
+    loaded = store.masks("s0")
+    assert all(np.array_equal(loaded[w].mask, masks[w].mask) for w in words)
+
+
+@pytest.fixture(scope="module")
+def edited_mask_run(baseline, tmp_path_factory):
+    """The baseline's config with one mask file emptied in place and 5 random draws, on a copy of its cache."""
+    out = tmp_path_factory.mktemp("edited")
+    cache = shutil.copytree(baseline / "cache", out / "cache", symlinks=True)
+    row = load_prompt_set(baseline / "data" / "prompts.jsonl", 1)[0]
+    word, path = next(iter(row.extra["masks"].items()))
+    original = Path(path).read_bytes()
+    PIL.Image.fromarray(np.zeros((128, 128), np.uint8)).save(path)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            stats = rerun(baseline, cache, out / "run", mp, ["relevance.draws=5"])
+    finally:
+        Path(path).write_bytes(original)
+    return stats, pd.read_csv(out / "run" / "summary.csv"), pd.read_csv(out / "run" / "scores.csv"), row.id, word
+
+
+def test_a_mask_file_edited_in_place_is_segmented_again(edited_mask_run):
+    stats, _, scores, prompt_id, word = edited_mask_run
+    assert stats["generate"]["generated"] == 0 and stats["segment"]["segmented"] == 2  # new masks, same images
+    pair = scores[(scores["prompt_id"] == prompt_id) & (scores["word"] == word)]
+    assert (pair["excluded"] == "empty mask").all() and pair["iou"].isna().all()  # not the stale scores
+
+
+def test_an_excluded_pair_is_counted_once_whatever_the_draws(edited_mask_run):
+    _, summary, scores, _, _ = edited_mask_run
+    assert scores["draw"].nunique() == 5
+    assert set(summary["n_excluded"]) == {1}, summary[["method", "variant", "n_excluded"]]
+
+
+def test_unreadable_user_mask_fails_in_one_line(baseline, tmp_path, monkeypatch):
+    shutil.copytree(baseline / "data", tmp_path / "data")
+    row = load_prompt_set(tmp_path / "data" / "prompts.jsonl", 1)[0]
+    word, path = next(iter(row.extra["masks"].items()))
+    Path(path).write_bytes(b"not a png")
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=rf"mask file {path} \(row {row.id}, word '{word}'\) is not a readable image"):
+        run(cfg_for([*SMALL, f"dataset.path={tmp_path / 'data' / 'prompts.jsonl'}"]), tmp_path / "run")
+
+
+# --- every input checked before the model loads ------------------------------------------------------------
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading the model is an error: a check that passes this fixture ran before it."""
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad value was refused")
+
+    monkeypatch.setattr(bench.models, "build_tiny_sdxl", load)
+    monkeypatch.chdir(REPO)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.tau=1.5", r"eval.tau must be one value or a list of values in \[0, 1\], got 1.5"),
+    ("eval.tau=-0.1", r"eval.tau must be .* got -0.1"),
+    ("eval.tau=[0.3,2]", r"eval.tau must be .* got \[0.3, 2\]"),
+    ("eval.workers=0", "eval.workers must be a whole number >= 1, got 0"),
+    ("method.k=0", "k=0 is not a head count"),
+    ("method.k=-1", "k=-1 is not a head count"),
+    ("method.k=150%", "k='150%' is not a head count"),
+    ("method.k=2.5", "k=2.5 is not a head count"),
+    ("method.blocks=foo", r"method.blocks: unknown block\(s\) \['foo'\]"),
+    ("method.resolutions=[x]", "method.resolutions must be map sides"),
+    ("shard=2/2", "shard=2/2: use i/n with 0 <= i < n"),
+    ("shard=a/b", "shard=a/b: use i/n"),
+])
+def test_bad_value_fails_in_one_line_before_the_model_loads(no_model, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message) as err:
+        run(cfg_for([*SMALL, override]), tmp_path / "run")
+    assert "\n" not in str(err.value)
+
+
+def test_empty_prompt_set_fails_before_the_model_loads(no_model, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match=f"prompt set {tmp_path / 'empty.jsonl'} has no rows"):
+        run(cfg_for([f"dataset.path={tmp_path / 'empty.jsonl'}"]), tmp_path / "run")
+
+
+def test_malformed_jsonl_names_the_file_and_line(no_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "prompt": "a cat", "words": ["cat"]}\n{"id": "b", prompt: "a dog"}\n')
+    with pytest.raises(ValueError, match=f"{bad}:2: not a JSON object"):
+        run(cfg_for([f"dataset.path={bad}"]), tmp_path / "run")
+
+
+@pytest.fixture
+def no_generation(monkeypatch):
+    def generate(*args, **kwargs):
+        raise AssertionError("generation ran before the bad value was refused")
+
+    monkeypatch.setattr(bench.models.T2IModel, "generate", generate)
+    monkeypatch.chdir(REPO)
+
+
+def test_resolution_the_model_lacks_fails_before_generation(no_generation, tmp_path):
+    with pytest.raises(ValueError, match=r"no heads at resolution 7: this model has map sizes \[\d"):
+        run(cfg_for([*SMALL, "method.resolutions=7"]), tmp_path / "run")
+
+
+def test_relevance_file_of_another_model_fails_before_generation(no_generation, tmp_path):
+    names = [f"down, layer: 0, head: {h}" for h in range(10)]
+    np.save(tmp_path / "vectors.npy", np.ones((1, len(names))))
+    np.save(tmp_path / "heads.npy", np.array(names))
+    (tmp_path / "concepts.json").write_text('["thing"]')
+    overrides = ["relevance=hrv_file", f"relevance.vectors={tmp_path / 'vectors.npy'}",
+                 f"relevance.head_names={tmp_path / 'heads.npy'}", f"relevance.concepts={tmp_path / 'concepts.json'}",
+                 "relevance.default_concept=thing", "relevance.word_to_concept=null"]
+    with pytest.raises(ValueError, match=rf"relevance file {tmp_path / 'heads.npy'}: head names do not match this "
+                                         r"model's \d+ heads \(got 10 names"):
+        run(cfg_for([*(o for o in SMALL if not o.startswith("relevance.")), *overrides]), tmp_path / "run")
+
+
+@pytest.mark.parametrize("k, n", [("0.25", 2), (0.25, 2), (1, 1), (1.0, 1), ("1", 1), ("all", 8), ("100%", 8)])
+def test_k_has_one_meaning_per_value(k, n):
+    """'0.25' reads as 0.25; 1 and 1.0 are both one head (fractions are below 1; all heads: 'all' or '100%')."""
+    index = HeadIndex.from_json(json.dumps([{"block": "down", "layer": 0, "n_heads": 8, "resolution": [4, 4],
+                                             "processor": "p", "offset": 0}]))
+    method = Selective(k, relevance=FixedRelevance(np.arange(8.0)))
+    method.check(index)
+    (heads, _), = method.heat_maps(torch.rand(8, 4, 4), "w", Context(index, 256, None)).values()
+    assert heads == n
+
+
+# --- batch independence (README: "Batches") ------------------------------------------------------------------
+
+BATCH_TOLERANCE = {"maps_relative": 1e-3, "iou": 1e-3}  # measured: 1.1e-5 and 7e-5 (README, "Batches")
+
+
+def test_a_sample_does_not_depend_on_its_batch_neighbours_beyond_the_stated_tolerance(tiny, tmp_path):
+    """The same (prompt, seed) generated in a batch of 4 and in a batch of 2: its maps agree to the README's
+    tolerance, and DAAM's IoU against a fixed mask moves by less than its stated bound."""
+    rows = [PromptRow(f"p{i}", p, (w,), {}) for i, (p, w) in enumerate(
+        [("a cat on a sofa", "cat"), ("a dog and a ball", "dog"), ("a red bird", "bird"), ("a blue car", "car")])]
+    samples = make_samples(rows, [0], token_positions(tiny.tokenizer, rows))
+    four = GenerateStore(tmp_path / "b4", {"b": 4}, [])
+    two = GenerateStore(tmp_path / "b2", {"b": 2}, [])
+    generate_stage(tiny, samples, four, 2, 5.0, batch_size=4)
+    generate_stage(tiny, samples[2:], two, 2, 5.0, batch_size=2)
+    index = tiny.head_index()
+    ref = torch.zeros(tiny.height, tiny.width, dtype=torch.bool)
+    ref[32:96, 40:100] = True
+    for sample in samples[2:]:
+        a, b = four.sample(sample.id), two.sample(sample.id)
+        word = sample.row.words[0]
+        heat = [mean_of_heads(word_head_maps(s["maps"], index, s["words"][word], tiny.heatmap_size),
+                              index.daam_mask(tiny.daam_latent_hw)) for s in (a, b)]
+        assert (heat[0] - heat[1]).abs().max() / heat[0].abs().max() < BATCH_TOLERANCE["maps_relative"]
+        ious = [float(iou(heat_to_mask(h, ref.shape, 0.4), ref)) for h in heat]
+        assert abs(ious[0] - ious[1]) < BATCH_TOLERANCE["iou"]
+
+
+def test_a_store_item_never_reads_as_another(tmp_path):
+    store = StageStore(tmp_path, "x", {}, [])
+    store.save_json("a.json", {"v": 1}, owner="a")
+    with pytest.raises(ValueError, match="a.json: belongs to 'a', expected 'b'"):
+        store.load_json("a.json", owner="b")
+
+
+def test_an_image_input_keys_generation_by_content(tmp_path):
+    """capture.source=image: an image file edited in place (same path) is a new generate key."""
+    PIL.Image.new("RGB", (8, 8), "red").save(tmp_path / "im.png")
+    (tmp_path / "set.jsonl").write_text('{"id": "a", "prompt": "a cat", "words": ["cat"], "image": "im.png"}\n')
+    before = prompt_set_hash(load_prompt_set(tmp_path / "set.jsonl"))
+    PIL.Image.new("RGB", (8, 8), "blue").save(tmp_path / "im.png")
+    assert prompt_set_hash(load_prompt_set(tmp_path / "set.jsonl")) != before
