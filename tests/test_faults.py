@@ -22,7 +22,7 @@ import pandas as pd
 import PIL.Image
 import pytest
 import torch
-from conftest import REPO, FixedRelevance
+from helpers import REPO, FixedRelevance
 from test_run import cfg_for
 
 import bench.models

@@ -181,7 +181,7 @@ def test_top_k_ties_on_published_sdxl_vectors(k):
     published top-k lists put the higher-indexed head first in about half the tied pairs). The project's
     rule is fixed: ties go to the lower HeadIndex position. Checked here on the published SDXL vectors,
     where ties straddle these k's for some concepts, against a sort by (-value, position)."""
-    from conftest import SHARED_REFERENCE
+    from helpers import SHARED_REFERENCE
 
     from bench.aggregate import ranked_heads
 
