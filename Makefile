@@ -9,7 +9,7 @@ DIR ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-gsam test-slow smoke bench train-shapes report bench-kcurve lint clean-cache perf gpu-wheels gpu-check
+.PHONY: help setup test test-gsam test-slow smoke bench train-shapes report bench-kcurve lint clean-cache perf gpu-wheels gpu-check gpu-train-shapes
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,7 @@ smoke:  ## tiny_sdxl, 6 prompts x 2 seeds, CPU, offline: checks the whole pipeli
 bench:  ## full sweep of each experiment in EXP (default: the shapes world, both modes; offline, CPU) -> results/runs/multirun_*/
 	@echo "make bench: experiments [$(EXP)] (the offline shapes world by default); the SDXL paper setting: make bench EXP=paper_sdxl_sweep on a GPU"
 	@for exp in $(EXP); do $(PY) -m bench -m experiment=$$exp $(ARGS) || exit 1; done
+	@case "$(EXP)" in *shapes*) $(PY) -m bench.shapes.headline results/reference/shapes_world.json;; esac
 
 SHAPES_STEPS ?= 8000
 train-shapes:  ## retrain the shapes-world model: SHAPES_STEPS steps, step-based schedule, resumable (rerun continues) -> data/shapes/model
@@ -71,6 +72,9 @@ perf:  ## capture cost vs plain generation and daam.trace on tiny_sdxl, 1 CPU th
 
 gpu-wheels:  ## pure-Python wheels scripts/gpu_check.sh installs offline on a GPU machine -> .gpu_wheels/ (no torch)
 	PY=$(PY) scripts/gpu_wheels.sh .gpu_wheels
+
+gpu-train-shapes:  ## on a GPU machine (carry .gpu_wheels): train 3 shapes-model seeds at once and evaluate them in ~9 min -> OUT (DRY_RUN=1: on the CPU, tiny)
+	bash scripts/gpu_train_shapes.sh
 
 gpu-check:  ## on a GPU machine (carry .gpu_wheels): sdxl_random at 1024 px fp16, batch 1 and 4 -> OUT (if set) or results/reference
 	bash scripts/gpu_check.sh

@@ -23,36 +23,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg BENCH_CACHE=${BENCH_CA
 start=$(date +%s)
 mkdir -p "$OUT_DIR"
 
-echo "== found"
-"$PY" -V
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-"$PY" - <<'PYEOF'
-import importlib.metadata as md
-names = ["torch", "numpy", "pillow", "scipy", "matplotlib", "pandas", "transformers", "huggingface_hub", "tokenizers",
-         "safetensors", "diffusers", "daam", "hydra-core", "omegaconf", "open_clip_torch", "spacy"]
-def version(name):
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return "-"
-print("packages: " + ", ".join(f"{n} {version(n)}" for n in names))
-import torch
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}"
-      + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-PYEOF
-
-echo "== install from $WHEELS (no index, no deps)"
-if [ ! -d "$WHEELS" ]; then echo "error: $WHEELS is missing: run 'make gpu-wheels' where pip works and carry it" >&2; exit 2; fi
-torch_before=$("$PY" -c "import torch; print(torch.__version__, torch.__file__)")
-names=$(ls "$WHEELS" | grep -E '\.whl$' | sed -E 's/-.*//' | tr '\n' ' ')
-"$PY" -m pip install --no-index --find-links "$WHEELS" --no-deps --disable-pip-version-check $names 2>&1 \
-  | grep -vE '^\s*$' || true
-torch_after=$("$PY" -c "import torch; print(torch.__version__, torch.__file__)")
-if [ "$torch_before" != "$torch_after" ]; then echo "error: torch changed ($torch_before -> $torch_after)" >&2; exit 3; fi
-if ! "$PY" -c "import spacy" 2>/dev/null; then
-  echo "spaCy is not installed: using the stand-in in scripts/offline_stubs (daam imports it; trace never uses it)"
-  export PYTHONPATH="$PWD/scripts/offline_stubs${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source scripts/gpu_setup.sh
 "$PY" -c "import diffusers, transformers, daam, bench.perf; print('imports ok: diffusers', diffusers.__version__, \
 '| transformers', transformers.__version__, '| daam', daam.__version__)"
 echo "setup took $(( $(date +%s) - start )) s"

@@ -10,19 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.shapes.world import SHAPES
+from bench.shapes.headline import word_kind_miou
 
 
 def word_kind_table(sweep: Path, tau: float = 0.4) -> str:
-    scores = pd.read_csv(sweep / "scores.csv")
-    # the oracle job scores each held-out fold at the tau its calibration folds chose: keep those rows
-    tuned = scores["relevance"].eq("oracle") if "relevance" in scores.columns else False
-    scores = scores[((scores["tau"] == tau) | tuned) & scores["excluded"].isna()]
-    scores = scores.assign(kind=scores["word"].map(lambda w: "shape" if w in SHAPES else "colour"))
-    keys = [c for c in ("relevance", "method", "variant") if c in scores.columns]
-    table = scores.groupby([*keys, "kind"])["iou"].agg(["mean", "count"]).unstack("kind")
-    table.columns = [f"{stat} {kind}" for stat, kind in table.columns]
-    return table.round(4).to_markdown()
+    return word_kind_miou(pd.read_csv(sweep / "scores.csv"), tau).round(4).to_markdown()
 
 
 def main(image_sweep: str, generated_sweep: str) -> None:

@@ -120,6 +120,14 @@ class SceneBatches(Dataset):
         self.batch, self.seed, self.dropout, self.n_timesteps = batch, seed, dropout, n_timesteps
         self.first_step = first_step
         self.tokenizer = clip_tokenizer()
+        self.token_ids: dict[str, torch.Tensor] = {}  # caption -> (77,) ids: ~1,700 distinct captions
+
+    def ids(self, text: str) -> torch.Tensor:
+        """Token ids (77,) of one caption padded to 77, tokenised once per process."""
+        if text not in self.token_ids:
+            self.token_ids[text] = self.tokenizer(text, padding="max_length", max_length=MAX_LENGTH,
+                                                  return_tensors="pt").input_ids[0]
+        return self.token_ids[text]
 
     def __len__(self) -> int:
         return 2**62 - self.first_step
@@ -134,9 +142,8 @@ class SceneBatches(Dataset):
         generator = step_generator(self.seed, step)
         drop = torch.rand(self.batch, generator=generator) < self.dropout  # (B,)
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        ids = self.tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
         return {"x0": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1,  # (B, 3, 32, 32)
-                "ids": ids,  # (B, 77)
+                "ids": torch.stack([self.ids(c) for c in captions]),  # (B, 77)
                 "t": torch.randint(0, self.n_timesteps, (self.batch,), generator=generator),  # (B,)
                 "noise": torch.randn(self.batch, 3, 32, 32, generator=generator)}  # (B, 3, 32, 32)
 
