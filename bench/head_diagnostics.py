@@ -138,7 +138,8 @@ class HeadDiagnostics:
                 top, everyone = self._top_iou(parts, ious, heads)
                 rows.append({"source": label, "group": group, "rho": rho[0], "ci95_lo": lo, "ci95_hi": hi,
                              f"iou_top{self.top_k}": top, "iou_all_heads": everyone, "n_heads": len(heads),
-                             "n_pairs": int(sum(len(r) for p in parts for r in p.pair_rows)), "n_parts": len(parts),
+                             "n_pairs": len(np.unique(np.concatenate([r for p in parts for r in p.pair_rows]))),
+                             "n_parts": len(parts),
                              "n_prompts": len(prompts)})
             scatter[label] = self._scatter(parts, ious)
         table = pd.DataFrame(rows)
@@ -148,7 +149,8 @@ class HeadDiagnostics:
                   "over held-out pairs of that word (oracle: its held-out folds), mean over (part, word) weighted by "
                   f"pairs; 95% percentile bootstrap over {len(prompts)} prompts ({self.n_boot} resamples)",
                   f"- iou_top{self.top_k}: mean single-head IoU of the source's top {self.top_k} heads; "
-                  "iou_all_heads: of all heads in the group",
+                  "iou_all_heads: of all heads in the group; n_pairs: distinct (sample, word) pairs; n_parts: the "
+                  "source's folds or draws",
                   *(f"- {s.label()}: {s.describe()}" for s in self.sources(relevance))]
         md = "\n".join(header) + "\n\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n"
         (run_dir / "head_diagnostics.md").write_text(md)

@@ -10,8 +10,8 @@
 # shapes_world.json / .md (results/reference/), runs.tar.gz (train logs, per-seed summaries, head diagnostics,
 # fidelity) and gpu_train_shapes.log.
 #
-# DRY_RUN=1: the same pipeline on the CPU in a few minutes (3 steps of batch 8, 12 eval scenes x 1 seed, 4 HRV
-# probe prompts, no wheels needed) to prove it end to end. Overridable: PY, WHEELS, SEEDS, TRAIN_MINUTES, STEPS,
+# DRY_RUN=1: the same pipeline on the CPU in a few minutes (3 steps of batch 8, 12 eval scenes x 1 seed, 4
+# sampling steps, no wheels needed) to prove it end to end. Overridable: PY, WHEELS, SEEDS, TRAIN_MINUTES, STEPS,
 # BATCH, WORKERS (per seed), LR, RECIPE (model / schedule flags), EVAL_DEVICE, EVAL_TIMEOUT, EVAL_OVERRIDES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +22,11 @@ OUT_DIR=${OUT:-/tmp/gpu_train_shapes_out}
 WORK=${WORK:-/tmp/gpu_train_shapes}
 SEEDS=${SEEDS:-0 1 2}
 # the GPU recipe (README, shapes world): 2.3x the UNet, cross-attention at 32, 16 and 8 px, Min-SNR-5 loss weights
-RECIPE=${RECIPE:---channels 48 96 96 --attn-resolutions 32 16 8 --layers-per-block 1 --heads 4 --loss-weight min_snr --snr-gamma 5 --warmup 300 --ema-decay 0.999}
+RECIPE=${RECIPE:---channels 64 96 96 --attn-resolutions 32 16 8 --layers-per-block 1 --heads 4 --loss-weight min_snr --snr-gamma 5 --warmup 300 --ema-decay 0.999}
 if [ "${DRY_RUN:-0}" = 1 ]; then
   DEVICE=cpu; TRAIN_MINUTES=${TRAIN_MINUTES:-2}; STEPS=${STEPS:-3}; BATCH=${BATCH:-8}; WORKERS=${WORKERS:-1}
   LR=${LR:-2e-3}; EVAL_DEVICE=${EVAL_DEVICE:-cpu}; EVAL_TIMEOUT=${EVAL_TIMEOUT:-900}
-  EVAL_OVERRIDES=${EVAL_OVERRIDES:-dataset.build.n_scenes=12 dataset.seeds=[0] relevance.probe_limit=4 eval.workers=1}
+  EVAL_OVERRIDES=${EVAL_OVERRIDES:-dataset.build.n_scenes=12 dataset.seeds=[0] model.generation.steps=4 eval.workers=1}
   JOBS=${JOBS:-3}
 else
   DEVICE=cuda; TRAIN_MINUTES=${TRAIN_MINUTES:-4.5}; STEPS=${STEPS:-1000000}; BATCH=${BATCH:-512}; WORKERS=${WORKERS:-4}
@@ -60,7 +60,7 @@ timeout "$EVAL_TIMEOUT" "$PY" scripts/shapes_world.py "${models[@]}" --seeds $SE
   --note "trained by scripts/gpu_train_shapes.sh on $DEVICE ($TRAIN_MINUTES min per seed, seeds in parallel); \
 eval overrides: ${EVAL_OVERRIDES:-none}" || status=$?
 [ "$status" = 124 ] && echo "error: the evaluation ran past $EVAL_TIMEOUT s: rerun scripts/shapes_world.py on the models" >&2
-tar -czf "$OUT_DIR/runs.tar.gz" -C "$WORK" --exclude='*.pt' --exclude='scores.csv' --exclude='stages' train eval \
+tar -czf "$OUT_DIR/runs.tar.gz" -C "$WORK" --exclude='*.pt' --exclude='scores.csv' --exclude='fig_*.png' train eval \
   2>/dev/null || true
 echo "== done in $(( $(date +%s) - start )) s (exit $status); files in $OUT_DIR:"
 ls -l "$OUT_DIR"

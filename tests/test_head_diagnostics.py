@@ -97,6 +97,7 @@ def test_head_diagnostics_in_a_run(tmp_path, monkeypatch):
     table = pd.read_csv(tmp_path / "run" / "head_diagnostics.csv")
     assert set(table["source"]) == {"random[5 draws]", "oracle[3 folds, held-out]"}  # run's random = the extra
     assert {"all", "block down", "block up"} <= set(table["group"])
+    assert table["n_pairs"].nunique() == 1  # distinct pairs: every fold / draw scores the same pairs once
     assert (table["ci95_lo"] <= table["rho"] + 1e-9).all() and (table["rho"] <= table["ci95_hi"] + 1e-9).all()
     assert (tmp_path / "run" / "head_diagnostics.png").stat().st_size > 0
 

@@ -25,7 +25,7 @@ ENTRIES: dict[str, tuple[str, str, str]] = {
     "daam": ("hrv_shapes", "daam", "all"),
     **{f"{source}_top{k}": (job, "selective", f"k={k}%") for source, job in
        (("hrv", "hrv_shapes"), ("random", "random"), ("oracle", "oracle")) for k in (10, 25, 50)},
-    "bottom_top25": ("hrv_shapes", "bottom_k", "k=25%"),
+    **{f"bottom_top{k}": ("hrv_shapes", "bottom_k", f"k={k}%") for k in (10, 25, 50)},
     "end_of_text": ("hrv_shapes", "end_of_text", "daam heads"),
     "centred_disc": ("hrv_shapes", "centred_disc", "r=0.25"),
     "other_word": ("hrv_shapes", "other_word", "daam heads"),
