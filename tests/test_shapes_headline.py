@@ -53,5 +53,6 @@ def test_conclusion_stated_only_when_every_seed_agrees(tmp_path):
     path = tmp_path / "world.json"
     path.write_text(json.dumps(world))
     assert "comparisons hold for every seed" in across_seeds_text(path)
+    assert conclusions(split[:1]) == ["only one model evaluated (seed 0): no comparison can hold across model seeds"]
     with pytest.raises(ValueError, match="default seed 7"):
         world_summary(split, default_seed=7, note="", settings={})

@@ -70,6 +70,8 @@ def _values(per_seed: list[dict], name: str, kind: str) -> np.ndarray:
 
 def conclusions(per_seed: list[dict]) -> list[str]:
     """Each comparison by word kind: stated where the sign of the difference holds for every seed."""
+    if len(per_seed) < 2:
+        return [f"only one model evaluated (seed {per_seed[0]['seed']}): no comparison can hold across model seeds"]
     out = []
     for a, b in COMPARISONS:
         for kind in KINDS:
