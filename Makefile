@@ -70,7 +70,7 @@ bench-kcurve:  ## speed floor: every k (1..1,300) for 1,000 synthetic SDXL-shape
 perf:  ## capture cost vs plain generation and daam.trace on tiny_sdxl, 1 CPU thread -> results/reference/perf_cpu.{json,md}
 	OMP_NUM_THREADS=1 $(PY) -m bench.perf --threads 1 --steps 10 --runs 5 --warmup 1 --profile $(ARGS)
 
-gpu-wheels:  ## pure-Python wheels scripts/gpu_check.sh installs offline on a GPU machine -> .gpu_wheels/ (no torch)
+gpu-wheels:  ## pure-Python wheels the GPU scripts (gpu_check.sh, gpu_train_shapes.sh) install offline -> .gpu_wheels/ (no torch)
 	PY=$(PY) scripts/gpu_wheels.sh .gpu_wheels
 
 gpu-train-shapes:  ## on a GPU machine (carry .gpu_wheels): train 3 shapes-model seeds at once and evaluate them in ~9 min -> OUT (DRY_RUN=1: on the CPU, tiny)
