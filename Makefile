@@ -10,7 +10,7 @@ DIR ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-gsam test-slow smoke run bench train-shapes report bench-kcurve lint clean-cache perf gpu-wheels gpu-check
+.PHONY: help setup test test-gsam test-slow smoke run bench train-shapes report bench-kcurve lint clean-cache perf gpu-wheels gpu-check gpu-train-shapes
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,7 @@ run:  ## python -m bench in the venv, e.g. make run ARGS="experiment=shapes_imag
 bench:  ## full sweep of each experiment in EXP (default: the shapes world, both modes; offline, CPU) -> results/runs/multirun_*/
 	@echo "make bench: experiments [$(EXP)]$(if $(filter-out $(SHAPES_EXP),$(EXP)),, (the offline shapes world, both modes: about 4-5 min on an idle 2-core CPU, longer under load)); the SDXL paper setting: make bench EXP=paper_sdxl_sweep on a GPU"
 	@for exp in $(EXP); do $(PY) -m bench -m experiment=$$exp $(ARGS) || exit 1; done
+	@case "$(EXP)" in *shapes*) $(PY) -m bench.shapes.headline results/reference/shapes_world.json;; esac
 
 SHAPES_STEPS ?= 8000
 train-shapes:  ## retrain the shapes-world model: SHAPES_STEPS steps, step-based schedule, resumable (rerun continues) -> data/shapes/model
@@ -73,8 +74,11 @@ bench-kcurve:  ## speed floor: every k (1..1,300) for 1,000 synthetic SDXL-shape
 perf:  ## capture cost vs plain generation and daam.trace on tiny_sdxl, 1 CPU thread -> results/reference/perf_cpu.{json,md}
 	OMP_NUM_THREADS=1 $(PY) -m bench.perf --threads 1 --steps 10 --runs 5 --warmup 1 --profile $(ARGS)
 
-gpu-wheels:  ## pure-Python wheels scripts/gpu_check.sh installs offline on a GPU machine -> .gpu_wheels/ (no torch)
+gpu-wheels:  ## pure-Python wheels the GPU scripts (gpu_check.sh, gpu_train_shapes.sh) install offline -> .gpu_wheels/ (no torch)
 	PY=$(PY) scripts/gpu_wheels.sh .gpu_wheels
+
+gpu-train-shapes:  ## on a GPU machine (carry .gpu_wheels): train 3 shapes-model seeds at once and evaluate them in ~9 min -> OUT (DRY_RUN=1: on the CPU, tiny)
+	bash scripts/gpu_train_shapes.sh
 
 gpu-check:  ## GPU dress rehearsal, <= 8 min (carry .gpu_wheels): tests, perf, paper pipeline -> OUT or results/reference; GPU_CHECK_DRY=1 on CPU
 	bash scripts/gpu_check.sh

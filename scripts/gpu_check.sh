@@ -9,7 +9,8 @@
 #   pipeline   `python -m bench experiment=paper_sdxl_sweep` (one job, relevance=random) on sdxl_random at 1024 px,
 #              10 steps, 16 COCO-80 prompts x 2 seeds, full-size random Grounded-SAM (Swin-B + ViT-H): per-stage seconds,
 #              peak GPU memory, bytes stored, and the projected time and disk of `make bench EXP=paper_sdxl_sweep`
-#   hrv_start_token_share  slot for issue 15 (per-layer start-token share of the softmax); skipped until wired
+#   hrv_start_token_share  per-layer share of the start token in HRV's voting softmax (issue 15), sdxl_random,
+#              2 probe prompts x 5 PNDM steps in fp32, in the time the pipeline leaves (it stops 60 s early) -> OUT/hrv_start_share_<card>.csv
 # After every phase, OUT/gpu_rehearsal_<card>.json and .md are rewritten from what has finished; perf writes
 # OUT/perf_<card>_<N>steps.json/.md. OUT is $OUT (the device tool's output folder) if set, else results/reference.
 #
@@ -30,6 +31,7 @@ if [ "$DRY" = 1 ]; then
         --daam-steps 2 --threads 1)
   PIPE=(model=tiny_sdxl dataset=smoke segmenter=grounded_sam_tiny model.generation.steps=2 dataset.limit=4
         'dataset.seeds=[0]')
+  HRV=(model=tiny_sdxl relevance=hrv_upstream relevance.probe_limit=2 relevance.steps=2)
   CARD=${CARD:-dry_cpu}
 else
   PY=${PY:-python3}
@@ -39,6 +41,7 @@ else
   # 10 steps: the projection takes generation's cost from perf at 50 steps; scoring on 8 of the 16 cores
   PIPE=(model=sdxl_random segmenter=grounded_sam_random model.generation.steps=10 dataset.limit=16
         'dataset.seeds=[0,1]' eval.workers=8)
+  HRV=(model=sdxl_random relevance=hrv_upstream relevance.probe_limit=2 relevance.steps=5)
 fi
 WHEELS=${WHEELS:-.gpu_wheels}
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT_DIR"
@@ -79,20 +82,7 @@ run_phase() {
 }
 
 setup() {
-  "$PY" -V
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  if [ "$DRY" != 1 ]; then
-    if [ ! -d "$WHEELS" ]; then echo "error: $WHEELS is missing: run 'make gpu-wheels' where pip works and carry it"; return 2; fi
-    local before after names
-    before=$("$PY" -c "import torch; print(torch.__version__, torch.__file__)")
-    names=$(ls "$WHEELS" | grep -E '\.whl$' | sed -E 's/-.*//' | tr '\n' ' ')
-    "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-deps --disable-pip-version-check $names || return 3
-    after=$("$PY" -c "import torch; print(torch.__version__, torch.__file__)")
-    if [ "$before" != "$after" ]; then echo "error: torch changed ($before -> $after)"; return 3; fi
-  fi
-  if ! "$PY" -c "import spacy" 2>/dev/null; then
-    echo "spaCy is not installed: using the stand-in in scripts/offline_stubs (daam imports it; trace never uses it)"
-  fi
+  if [ "$DRY" = 1 ]; then "$PY" -V; else source scripts/gpu_setup.sh || return $?; fi
   "$PY" -c "import torch, diffusers, transformers, daam, bench.perf, bench.rehearsal; \
 print('torch', torch.__version__, '| CUDA', torch.version.cuda, torch.cuda.is_available(), '| diffusers', \
 diffusers.__version__, '| transformers', transformers.__version__, '| daam', daam.__version__)"
@@ -101,26 +91,22 @@ diffusers.__version__, '| transformers', transformers.__version__, '| daam', daa
 CARD=${CARD:-$(card_name)}  # torch is preinstalled there; the wheels add only pure-Python packages
 run_phase setup 120 setup
 
-# time caps: perf leaves >= 115 s to the pipeline; each report after a phase takes a few seconds. Expected on an
+# time caps: perf leaves >= 160 s to the pipeline and the HRV share (which gets what the pipeline leaves); each report after a phase takes a few seconds. Expected on an
 # H200: setup ~30 s, gpu_tests ~70 s (first torch.compile included), perf ~230 s (model build ~40-60 s, 20 steps x 4
 # repetitions with daam, 50 steps x 2, profile), pipeline ~100 s
 run_phase gpu_tests "$(( $(left) < 90 ? $(left) : 90 ))" \
   "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_capture.py tests/test_perf.py tests/test_daam_parity.py
 
-run_phase perf "$(( $(left) - 115 < 250 ? $(left) - 115 : 250 ))" \
+run_phase perf "$(( $(left) - 160 < 250 ? $(left) - 160 : 250 ))" \
   "$PY" -m bench.perf "${PERF[@]}" --profile --out "$OUT_DIR" --tag "$CARD"
 
-run_phase pipeline "$(( $(left) - 8 ))" \
+run_phase pipeline "$(( $(left) - 60 ))" \
   "$PY" -m bench.rehearsal pipeline --work "$WORK" -- experiment=paper_sdxl_sweep relevance=random "${PIPE[@]}"
 
-# --- slot: hrv_start_token_share (issue 15: per-layer share of the start token in the attn2 softmax, for HRV) ---
-# Wire it by setting HRV_START_TOKEN_SHARE_CMD (or replacing this block) with a command that finishes in the time left.
-if [ -n "${HRV_START_TOKEN_SHARE_CMD:-}" ]; then
-  run_phase hrv_start_token_share "$(( $(left) - 5 ))" bash -c "$HRV_START_TOKEN_SHARE_CMD"
-else
-  "$PY" -m bench.rehearsal phase --work "$WORK" --name hrv_start_token_share --status "skipped (not wired)" --seconds 0
-  report
-fi
+# issue 15: the start token's share of the HRV voting softmax per attn2 layer, on sdxl_random at 1024 px with the
+# upstream preset's generation (PNDM, fp32, CFG 7.5), a few probe prompts (the share is a property of the layers)
+run_phase hrv_start_token_share "$(( $(left) - 5 ))" \
+  "$PY" -m bench.hrv "${HRV[@]}" --out "$OUT_DIR/hrv_start_share_$CARD.csv"
 
 echo "== done in $(( $(date +%s) - start )) s; files in $OUT_DIR:"
 ls -l "$OUT_DIR" | grep -E "gpu_rehearsal_$CARD|perf_${CARD}_" || true

@@ -8,20 +8,12 @@ tau chosen on calibration folds) with n, and generated-mode fidelity. Writes Mar
 import sys
 from pathlib import Path
 
-from bench.shapes.world import SHAPES
+from bench.shapes.headline import word_kind_miou
 from bench.store import read_table
 
 
 def word_kind_table(sweep: Path, tau: float = 0.4) -> str:
-    scores = read_table(sweep)
-    # the oracle job scores each held-out fold at the tau its calibration folds chose: keep those rows
-    tuned = scores["relevance"].eq("oracle") if "relevance" in scores.columns else False
-    scores = scores[((scores["tau"] == tau) | tuned) & scores["excluded"].isna()]
-    scores = scores.assign(kind=scores["word"].map(lambda w: "shape" if w in SHAPES else "colour"))
-    keys = [c for c in ("relevance", "method", "variant") if c in scores.columns]
-    table = scores.groupby([*keys, "kind"])["iou"].agg(["mean", "count"]).unstack("kind")
-    table.columns = [f"{stat} {kind}" for stat, kind in table.columns]
-    return table.round(4).to_markdown()
+    return word_kind_miou(read_table(sweep), tau).round(4).to_markdown()
 
 
 def main(image_sweep: str, generated_sweep: str) -> None:

@@ -25,19 +25,32 @@ MAX_LENGTH = 77
 TEXT_DIM = 64
 NUM_HEADS = 4
 
-UNET_CONFIG: dict = {
-    "sample_size": IMAGE_SIZE,
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    "block_out_channels": (32, 64, 64),
-    "layers_per_block": 1,
-    "attention_head_dim": NUM_HEADS,  # diffusers reads this as the number of heads (issue #2011)
-    "cross_attention_dim": TEXT_DIM,
-    "norm_num_groups": 16,
-}
+
+def unet_config(channels: tuple[int, ...] = (32, 64, 64), attn_resolutions: tuple[int, ...] = (16, 8),
+                layers_per_block: int = 1, heads: int = NUM_HEADS) -> dict:
+    """UNet2DConditionModel config: one block per entry of `channels` (block i works at 32 / 2**i px);
+    a block has cross-attention when its resolution is in `attn_resolutions`; the mid block always does."""
+    sides = [IMAGE_SIZE // 2**i for i in range(len(channels))]
+    unknown = sorted(set(attn_resolutions) - set(sides))
+    if unknown:
+        raise ValueError(f"attention resolutions {unknown} are not block resolutions {sides}: pick from those")
+    attn = [side in attn_resolutions for side in sides]
+    return {
+        "sample_size": IMAGE_SIZE,
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        "block_out_channels": tuple(channels),
+        "layers_per_block": layers_per_block,
+        "attention_head_dim": heads,  # diffusers reads this as the number of heads (issue #2011)
+        "cross_attention_dim": TEXT_DIM,
+        "norm_num_groups": 16,
+    }
+
+
+UNET_CONFIG: dict = unet_config()
 
 TEXT_CONFIG: dict = {
     "vocab_size": 49408,

@@ -1,13 +1,21 @@
-"""Seeded, resumable training of the shapes-world diffusion model on freshly rendered train scenes.
+"""Seeded, resumable training of the shapes-world diffusion model on freshly rendered train scenes, on any device.
 
     python -m bench.shapes.train --out data/shapes/model --work /work/shapes_train --minutes 100
+    python -m bench.shapes.train --device cuda --batch 1024 --workers 4 --seeds 0 1 2 --out M --work W --minutes 5
 
-Step s trains on train-split scenes s*B .. s*B+B-1; noise, timesteps and caption dropout come from
-one seeded torch.Generator saved in the checkpoint. --minutes and --steps are totals over all runs:
-rerunning the same command resumes from <work>/checkpoint.pt. The learning rate warms up, then
-follows a cosine to 10% over progress = max(step / steps, elapsed / minutes). At the end the EMA
-weights are exported with save_shapes_model; --export-only exports the latest checkpoint.
-Threads: torch.set_num_threads(OMP_NUM_THREADS, default 1).
+Step s trains on train-split scenes s*B .. s*B+B-1; its caption dropout, timesteps and noise come from a
+generator seeded by (seed, s), so a step's batch is a pure function of (seed, step, batch) whatever the device,
+the number of DataLoader workers rendering it or the resume point. --minutes and --steps are totals over all
+runs: rerunning the same command resumes from <work>/checkpoint.pt (tensors saved on the CPU, so a checkpoint
+written on a GPU resumes on the CPU and back). The learning rate warms up, then follows a cosine to 10% over
+progress = max(step / steps, elapsed / minutes). At the end the EMA weights are exported with
+save_shapes_model; --export-only exports the latest checkpoint. Several --seeds train at once, one process
+each, into <out>/seed_<s> and <work>/seed_<s>.
+
+Recipe flags (capacity --channels / --layers-per-block / --heads, --attn-resolutions, --lr / --warmup,
+--loss-weight) are saved in the checkpoint and must match on resume. Speed flags (--device, --precision,
+--workers, --channels-last, --compile) may change between runs. Threads: torch.set_num_threads(OMP_NUM_THREADS,
+default 1).
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import argparse
 import copy
 import math
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,15 +34,17 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from bench.devices import resolve_device
 from bench.shapes.pipeline import (
     MAX_LENGTH,
     SCHEDULER_CONFIG,
     TEXT_CONFIG,
-    UNET_CONFIG,
     ShapesPipeline,
     save_shapes_model,
+    unet_config,
 )
 from bench.shapes.world import VOCABULARY, caption, render, split_scene
 from bench.tokenizer import clip_tokenizer
@@ -47,6 +59,10 @@ SAMPLE_PROMPTS = [
     "a green cross, a white triangle and a red circle",
     "a yellow square, a blue cross and a green circle",
 ]
+MAX_MODEL_BYTES = 20_000_000  # the exported fp16 model is committed to the repo
+#: settings that define the model and its schedule: a resume must not change them
+RECIPE = ("batch", "seed", "channels", "layers_per_block", "heads", "attn_resolutions", "lr", "warmup",
+          "ema_decay", "cfg_dropout", "loss_weight", "snr_gamma")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,9 +76,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=200, help="linear warmup steps")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="P(caption -> '')")
+    p.add_argument("--loss-weight", choices=("uniform", "min_snr"), default="uniform",
+                   help="per-sample MSE weight: uniform, or min(SNR, gamma) / SNR (Min-SNR-gamma, eps-prediction)")
+    p.add_argument("--snr-gamma", type=float, default=5.0)
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="UNet block widths")
+    p.add_argument("--layers-per-block", type=int, default=1)
+    p.add_argument("--heads", type=int, default=4, help="heads per cross-attention layer")
+    p.add_argument("--attn-resolutions", type=int, nargs="+", default=[16, 8],
+                   help="block resolutions (px) with cross-attention; the mid block always has it")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", help="train these seeds at once, one process each")
+    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:1 ...")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="autocast dtype of forward / backward; auto: bf16 on CUDA, fp32 elsewhere (weights stay fp32)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes rendering batches (0: in process)")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="auto: on for CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (off by default: not measured)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--no-samples", action="store_true", help="skip the sample grids at checkpoints")
     p.add_argument("--export-only", action="store_true", help="export the latest checkpoint's EMA and exit")
     return p.parse_args(argv)
 
@@ -75,20 +107,45 @@ def log(work: Path, line: str) -> None:
         f.write(stamped + "\n")
 
 
-def make_batch(
-    step: int, batch: int, generator: torch.Generator, dropout: float
-) -> tuple[torch.Tensor, list[str]]:
-    """Images (B, 3, 32, 32) in [-1, 1] and captions of train scenes step*B .. step*B+B-1."""
-    images, captions = [], []
-    for i in range(step * batch, (step + 1) * batch):
-        scene = split_scene("train", i)
-        image, _ = render(scene)
-        images.append(image)
-        captions.append(caption(scene)[0])
-    drop = torch.rand(batch, generator=generator) < dropout  # (B,)
-    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, 32, 32)
-    return x, captions
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one step's random draws: a function of (seed, step) only."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+
+
+class SceneBatches(Dataset):
+    """Item s = step s's batch: images (B, 3, 32, 32) in [-1, 1], caption token ids (B, 77) with caption dropout
+    applied, timesteps (B,) and noise (B, 3, 32, 32), all from train scenes s*B .. s*B+B-1 and step_generator."""
+
+    def __init__(self, batch: int, seed: int, dropout: float, n_timesteps: int, first_step: int = 0):
+        self.batch, self.seed, self.dropout, self.n_timesteps = batch, seed, dropout, n_timesteps
+        self.first_step = first_step
+        self.tokenizer = clip_tokenizer()
+        self.token_ids: dict[str, torch.Tensor] = {}  # caption -> (77,) ids: ~1,700 distinct captions
+
+    def ids(self, text: str) -> torch.Tensor:
+        """Token ids (77,) of one caption padded to 77, tokenised once per process."""
+        if text not in self.token_ids:
+            self.token_ids[text] = self.tokenizer(text, padding="max_length", max_length=MAX_LENGTH,
+                                                  return_tensors="pt").input_ids[0]
+        return self.token_ids[text]
+
+    def __len__(self) -> int:
+        return 2**62 - self.first_step
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        step = self.first_step + index
+        images, captions = [], []
+        for i in range(step * self.batch, (step + 1) * self.batch):
+            scene = split_scene("train", i)
+            images.append(render(scene)[0])
+            captions.append(caption(scene)[0])
+        generator = step_generator(self.seed, step)
+        drop = torch.rand(self.batch, generator=generator) < self.dropout  # (B,)
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        return {"x0": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1,  # (B, 3, 32, 32)
+                "ids": torch.stack([self.ids(c) for c in captions]),  # (B, 77)
+                "t": torch.randint(0, self.n_timesteps, (self.batch,), generator=generator),  # (B,)
+                "noise": torch.randn(self.batch, 3, 32, 32, generator=generator)}  # (B, 3, 32, 32)
 
 
 def learning_rate(args: argparse.Namespace, step: int, elapsed_s: float) -> float:
@@ -99,41 +156,76 @@ def learning_rate(args: argparse.Namespace, step: int, elapsed_s: float) -> floa
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def to_cpu(state):
+    """A state (nested dicts / lists of tensors) with every tensor moved to the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: to_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(to_cpu(v) for v in state)
+    return state
+
+
 class Trainer:
-    """Models, EMA copies, optimizer and RNG, with checkpoint save / load."""
+    """Models, EMA copies and optimizer on the chosen device, with device-independent checkpoint save / load."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.device = resolve_device(args.device)
+        cuda = self.device.type == "cuda"
+        precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
         torch.manual_seed(args.seed)
-        self.unet = UNet2DConditionModel(**UNET_CONFIG)
+        self.unet = UNet2DConditionModel(**unet_config(tuple(args.channels), tuple(args.attn_resolutions),
+                                                       args.layers_per_block, args.heads))
         self.text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+        n_bytes = 2 * sum(p.numel() for m in (self.unet, self.text_encoder) for p in m.parameters())
+        if n_bytes > MAX_MODEL_BYTES:
+            raise ValueError(f"this recipe's fp16 model is {n_bytes / 1e6:.1f} MB, over the "
+                             f"{MAX_MODEL_BYTES / 1e6:.0f} MB the repo ships: lower --channels or --layers-per-block")
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.unet.to(self.device, memory_format=memory_format)
+        self.text_encoder.to(self.device)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
         self.ema_text_encoder = copy.deepcopy(self.text_encoder).requires_grad_(False)
         self.params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         self.ema_params = list(self.ema_unet.parameters()) + list(self.ema_text_encoder.parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.01)
-        self.generator = torch.Generator().manual_seed(args.seed)
+        self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.01, fused=cuda or None)
+        self.forward_unet = torch.compile(self.unet) if args.compile else self.unet
         self.tokenizer = clip_tokenizer()
         alphas_cumprod = DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod  # (T,)
-        self.sqrt_a = alphas_cumprod.sqrt()
-        self.sqrt_1ma = (1 - alphas_cumprod).sqrt()
+        self.sqrt_a = alphas_cumprod.sqrt().to(self.device)
+        self.sqrt_1ma = (1 - alphas_cumprod).sqrt().to(self.device)
+        self.snr = (alphas_cumprod / (1 - alphas_cumprod)).to(self.device)  # (T,)
         self.step = 0
         self.elapsed_s = 0.0
         self.path = args.work / "checkpoint.pt"
 
-    def train_step(self) -> float:
-        """One optimizer step on the next batch; returns the loss."""
+    def batches(self) -> DataLoader:
+        """Batches from the current step on, rendered in `args.workers` processes."""
+        data = SceneBatches(self.args.batch, self.args.seed, self.args.cfg_dropout, len(self.sqrt_a), self.step)
+        workers = self.args.workers
+        return DataLoader(data, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
+                          prefetch_factor=4 if workers else None, persistent_workers=False)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One optimizer step on one item of SceneBatches; returns the loss (a 0-d tensor on the device)."""
         args = self.args
-        x0, captions = make_batch(self.step, args.batch, self.generator, args.cfg_dropout)  # (B, 3, 32, 32)
-        t = torch.randint(0, len(self.sqrt_a), (args.batch,), generator=self.generator)  # (B,)
-        noise = torch.randn(x0.shape, generator=self.generator)  # (B, 3, 32, 32)
-        xt = self.sqrt_a[t, None, None, None] * x0 + self.sqrt_1ma[t, None, None, None] * noise
-        ids = self.tokenizer(
-            captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt"
-        ).input_ids  # (B, 77)
-        embeds = self.text_encoder(ids).last_hidden_state  # (B, 77, D)
-        pred = self.unet(xt, t, encoder_hidden_states=embeds).sample  # (B, 3, 32, 32)
-        loss = F.mse_loss(pred, noise)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        t, noise = batch["t"], batch["noise"]  # (B,), (B, 3, 32, 32)
+        xt = self.sqrt_a[t, None, None, None] * batch["x0"] + self.sqrt_1ma[t, None, None, None] * noise
+        if self.channels_last:
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            embeds = self.text_encoder(batch["ids"]).last_hidden_state  # (B, 77, D)
+            pred = self.forward_unet(xt, t, encoder_hidden_states=embeds).sample  # (B, 3, 32, 32)
+        per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean((1, 2, 3))  # (B,)
+        if args.loss_weight == "min_snr":
+            per_sample = per_sample * self.snr[t].clamp(max=args.snr_gamma) / self.snr[t]
+        loss = per_sample.mean()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(args, self.step, self.elapsed_s)
         self.optimizer.zero_grad(set_to_none=True)
@@ -144,47 +236,50 @@ class Trainer:
         with torch.no_grad():
             torch._foreach_lerp_(self.ema_params, self.params, 1 - decay)
         self.step += 1
-        return loss.item()
+        return loss.detach()
 
     def save(self) -> None:
-        """Atomically write <work>/checkpoint.pt."""
+        """Atomically write <work>/checkpoint.pt, every tensor on the CPU."""
         state = {
             "unet": self.unet.state_dict(),
             "text_encoder": self.text_encoder.state_dict(),
             "ema_unet": self.ema_unet.state_dict(),
             "ema_text_encoder": self.ema_text_encoder.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
             "step": self.step,
             "elapsed_s": self.elapsed_s,
-            "batch": self.args.batch,
-            "seed": self.args.seed,
+            "recipe": {k: getattr(self.args, k) for k in RECIPE},
         }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        torch.save(to_cpu(state), tmp)
         os.replace(tmp, self.path)
 
     def load(self) -> bool:
-        """Resume from <work>/checkpoint.pt if present; returns whether it was."""
+        """Resume from <work>/checkpoint.pt if present (written on any device); returns whether it was."""
         if not self.path.exists():
             return False
-        state = torch.load(self.path, weights_only=True)
-        if (state["batch"], state["seed"]) != (self.args.batch, self.args.seed):
-            raise ValueError(f"{self.path} was written with batch/seed {state['batch']}/{state['seed']}")
+        state = torch.load(self.path, weights_only=True, map_location="cpu")
+        recipe = {k: getattr(self.args, k) for k in RECIPE}
+        changed = {k: (v, recipe[k]) for k, v in state.get("recipe", {}).items() if recipe.get(k) != v}
+        if "recipe" not in state or changed:
+            raise ValueError(f"{self.path} was written with another recipe {changed or '(an older trainer)'}: "
+                             "pass the same settings or a new --work folder")
         self.unet.load_state_dict(state["unet"])
         self.text_encoder.load_state_dict(state["text_encoder"])
         self.ema_unet.load_state_dict(state["ema_unet"])
         self.ema_text_encoder.load_state_dict(state["ema_text_encoder"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self.optimizer.load_state_dict(state["optimizer"])  # moves its state to the parameters' device
         self.step = state["step"]
         self.elapsed_s = state["elapsed_s"]
         return True
 
     def ema_pipeline(self) -> ShapesPipeline:
-        """Pipeline over the EMA weights (shared, not copied)."""
+        """Pipeline over fp32 CPU copies of the EMA weights (standard memory layout)."""
         scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
-        return ShapesPipeline(self.ema_unet.eval(), self.ema_text_encoder.eval(), self.tokenizer, scheduler)
+        unet = copy.deepcopy(self.ema_unet).to("cpu", memory_format=torch.contiguous_format).eval()
+        text_encoder = copy.deepcopy(self.ema_text_encoder).to("cpu").eval()
+        return ShapesPipeline(unet, text_encoder, self.tokenizer, scheduler)
 
     def write_samples(self) -> Path:
         """Grid of EMA samples for SAMPLE_PROMPTS into <work>/samples_<step>.png (4x upscaled)."""
@@ -199,16 +294,41 @@ class Trainer:
         meta = {
             "step": self.step,
             "train_minutes": round(self.elapsed_s / 60, 2),
-            "batch": self.args.batch,
-            "seed": self.args.seed,
-            "ema_decay": self.args.ema_decay,
+            "train_samples": self.step * self.args.batch,
+            "device": str(self.device),
             "vocabulary": list(VOCABULARY),
+            **{k: getattr(self.args, k) for k in RECIPE},
         }
         save_shapes_model(self.ema_pipeline(), self.args.out, meta)
 
 
+def launch_seeds(args: argparse.Namespace, argv: list[str]) -> None:
+    """One training process per seed of --seeds (into <out>/seed_<s>, <work>/seed_<s>); waits for all."""
+    base, skip = [], False
+    for a in argv:  # argv without --seeds and its values
+        if a == "--seeds":
+            skip = True
+        elif skip and not a.startswith("--"):
+            continue
+        else:
+            skip = False
+            base.append(a)
+    procs = []
+    for seed in args.seeds:
+        cmd = [sys.executable, "-m", "bench.shapes.train", *base, "--seed", str(seed),
+               "--out", str(args.out / f"seed_{seed}"), "--work", str(args.work / f"seed_{seed}")]
+        procs.append(subprocess.Popen(cmd))
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"seed processes exited with {dict(zip(args.seeds, codes))}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.seeds:
+        launch_seeds(args, argv)
+        return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     args.work.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(args)
@@ -222,28 +342,32 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in trainer.params)
     n_unet = sum(p.numel() for p in trainer.unet.parameters())
     state = "resumed at" if resumed else "starting"
-    log(args.work, f"{state} step {trainer.step}, {trainer.elapsed_s / 60:.1f} min; "
-        f"params {n_params} (unet {n_unet}), threads {torch.get_num_threads()}")
+    log(args.work, f"{state} step {trainer.step}, {trainer.elapsed_s / 60:.1f} min; params {n_params} (unet {n_unet}); "
+        f"device {trainer.device}, autocast {trainer.autocast_dtype}, channels_last {trainer.channels_last}, "
+        f"compile {args.compile}, workers {args.workers}, batch {args.batch}, threads {torch.get_num_threads()}")
     last_save = last_log = time.time()
-    losses: list[float] = []
-    step_at_log = trainer.step
+    loss_sum, step_at_log = torch.zeros((), device=trainer.device), trainer.step
+    batches = iter(trainer.batches())
     while trainer.step < args.steps and trainer.elapsed_s < 60 * args.minutes:
         t0 = time.time()
-        losses.append(trainer.train_step())
+        loss_sum += trainer.train_step(next(batches))
         trainer.elapsed_s += time.time() - t0
         if trainer.step % args.log_every == 0:
             now = time.time()
-            rate = (trainer.step - step_at_log) / ((now - last_log) / 60)
+            n = trainer.step - step_at_log
             lr = trainer.optimizer.param_groups[0]["lr"]
-            log(args.work, f"step {trainer.step} loss {np.mean(losses):.4f} lr {lr:.2e} "
-                f"{rate:.1f} steps/min elapsed {trainer.elapsed_s / 60:.1f} min")
-            losses, last_log, step_at_log = [], now, trainer.step
+            log(args.work, f"step {trainer.step} loss {loss_sum.item() / n:.4f} lr {lr:.2e} "
+                f"{n * args.batch / (now - last_log):.0f} samples/s elapsed {trainer.elapsed_s / 60:.1f} min")
+            loss_sum.zero_()
+            last_log, step_at_log = now, trainer.step
         if time.time() - last_save > 60 * args.checkpoint_minutes:
             trainer.save()
-            log(args.work, f"checkpoint step {trainer.step}; samples {trainer.write_samples()}")
+            samples = "" if args.no_samples else f"; samples {trainer.write_samples()}"
+            log(args.work, f"checkpoint step {trainer.step}{samples}")
             last_save = time.time()
     trainer.save()
-    log(args.work, f"finished at step {trainer.step}; samples {trainer.write_samples()}")
+    samples = "" if args.no_samples else f"; samples {trainer.write_samples()}"
+    log(args.work, f"finished at step {trainer.step}{samples}")
     trainer.export()
     log(args.work, f"exported EMA of step {trainer.step} to {args.out}")
 
