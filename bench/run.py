@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bench import USER_ERRORS
+from bench.analyses import Analysis
 from bench.evaluate import KCurve, Overlays, Selective, check_taus, check_workers, evaluate_stage
 from bench.figures import save_overlays, write_figures
 from bench.generate import generate_stage
@@ -46,6 +47,15 @@ def build(node: DictConfig):
         raise
 
 
+def build_analysis(key: str, node: DictConfig) -> Analysis:
+    """The `analyses.<key>` entry, refused in one line unless it builds a `bench.analyses.Analysis`."""
+    analysis = build(node)
+    if not isinstance(analysis, Analysis):
+        raise ValueError(f"analyses.{key}: {node.get('_target_')} is not a bench.analyses.Analysis: "
+                         "point _target_ at a subclass or remove the entry")
+    return analysis
+
+
 def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     """Run every stage for `cfg`, writing scores, summary, figures and stats into `run_dir`; returns the
     summary. The logger (cfg.logger) records the config first and is finished even when a stage fails."""
@@ -67,7 +77,7 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     check_workers(cfg.eval.workers)
     methods = [build(m) for m in cfg.method.methods.values()]
     relevance = build(cfg.relevance) if cfg.get("relevance") else None
-    analyses = [build(node) for node in (cfg.get("analyses") or {}).values()]
+    analyses = [build_analysis(key, node) for key, node in (cfg.get("analyses") or {}).items()]
     segmenter = build(cfg.segmenter)
     segmenter.check_available()
     words = sorted({w for row in rows for w in row.words})

@@ -303,6 +303,8 @@ def no_model(monkeypatch):
     ("method.resolutions=[x]", "method.resolutions must be map sides"),
     ("shard=2/2", "shard=2/2: use i/n with 0 <= i < n"),
     ("shard=a/b", "shard=a/b: use i/n"),
+    ("+analyses.counts._target_=collections.Counter",
+     "analyses.counts: collections.Counter is not a bench.analyses.Analysis: point _target_ at a subclass"),
 ])
 def test_bad_value_fails_in_one_line_before_the_model_loads(no_model, tmp_path, override, message):
     with pytest.raises(ValueError, match=message) as err:

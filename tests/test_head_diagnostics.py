@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from scipy.stats import norm, spearmanr
 
-from bench.head_diagnostics import (
+from bench.analyses.head_diagnostics import (
     HeadDiagnostics,
     PartPairs,
     bias_corrected_interval,
@@ -108,7 +108,8 @@ def test_head_diagnostics_in_a_run(tmp_path, monkeypatch):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[
             "dataset.limit=3", "dataset.seeds=[0,1]", "model.generation.steps=2", "model.generation.batch_size=6",
-            "report.figures=false", "+analyses.head_diagnostics._target_=bench.head_diagnostics.HeadDiagnostics",
+            "report.figures=false",
+            "+analyses.head_diagnostics._target_=bench.analyses.head_diagnostics.HeadDiagnostics",
             "+analyses.head_diagnostics.n_boot=50"], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     run(cfg, tmp_path / "run")

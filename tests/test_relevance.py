@@ -255,20 +255,6 @@ def test_unknown_word_fails_before_generation(tmp_path, monkeypatch):
         run(cfg_for([f"dataset.path={prompts}", "relevance=hrv"]), tmp_path / "run")
 
 
-def test_polysemy_experiment_on_tiny(tmp_path, monkeypatch):
-    """Experiment 3 end to end (word-level HRV, the diagnosis table and figure)."""
-    monkeypatch.chdir(REPO)
-    cfg = cfg_for(["experiment=polysemy", "model=tiny_sdxl", "segmenter=file_masks", "dataset.limit=1",
-                   "dataset.seeds=[0]", "model.generation.steps=2", "relevance.probe_limit=2", "report.figures=false"])
-    summary = run(cfg, tmp_path)
-    assert set(summary["relevance"]) == {"", "hrv_word[hrv_probe n=2 x 2 steps]"}
-    table = pd.read_csv(tmp_path / "polysemy.csv")
-    assert len(table) == 2 and set(table["concept"]) == {"Animals", "Sports Equipment"}  # "bat": 2 concepts
-    assert table.groupby("sample_id")["interpretation"].nunique().eq(1).all()
-    assert (tmp_path / "polysemy.png").stat().st_size > 0
-    assert "interpretation = intended concept in" in (tmp_path / "polysemy.md").read_text()
-
-
 def test_oracle_and_random_reject_bad_settings():
     with pytest.raises(ValueError, match="folds must be >= 2"):
         OracleRelevance(folds=1)

@@ -14,6 +14,7 @@ from helpers import REPO, cfg_for
 from omegaconf import OmegaConf
 
 from bench import ModelUnavailableError
+from bench.analyses import Analysis
 from bench.run import build, run
 
 CONF = REPO / "conf"
@@ -58,6 +59,19 @@ def test_experiments_compose(experiment, monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = cfg_for([f"experiment={experiment}"])
     assert cfg.title
+
+
+def test_every_analyses_entry_builds_an_analysis(monkeypatch):
+    """Each `analyses:` entry of every experiment builds a subclass of bench.analyses.Analysis named as its key."""
+    monkeypatch.chdir(REPO)
+    built = {}
+    for experiment in options("experiment"):
+        for key, node in (cfg_for([f"experiment={experiment}"]).get("analyses") or {}).items():
+            analysis = build(node)
+            assert isinstance(analysis, Analysis), f"{experiment}: analyses.{key} builds {type(analysis)}"
+            assert analysis.name == key
+            built[f"{experiment}.{key}"] = analysis
+    assert built  # the experiments have analyses to check
 
 
 @pytest.mark.parametrize("experiment", ["paper_sdxl_sweep", "selective_vs_daam", "top_vs_bottom_k", "polysemy"])

@@ -12,7 +12,7 @@ from helpers import REPO
 
 from bench.evaluate import CentredDisc, Context, OtherWord
 from bench.shapes.evalset import write_eval_set
-from bench.shapes.pseudo_gt import ColourSegmenter, colour_segmenter_agreement, fidelity
+from bench.shapes.pseudo_gt import ColourSegmenter, fidelity
 from bench.shapes.world import SHAPES, caption, render, split_scene
 
 SHIPPED = REPO / "data" / "shapes" / "model"
@@ -29,10 +29,6 @@ def test_eval_set_rows_carry_exact_masks(tmp_path):
         assert np.array_equal(np.asarray(PIL.Image.open(path.parent / row["image"])), image)
         for word in row["words"]:
             assert np.array_equal(np.asarray(PIL.Image.open(path.parent / row["masks"][word])) > 127, masks[word])
-
-
-def test_colour_segmenter_recovers_rendered_masks():
-    assert colour_segmenter_agreement(50) >= 0.95
 
 
 def test_fidelity_accepts_renders_and_rejects_wrong_drawings():

@@ -9,10 +9,9 @@ the part's pairs of that word. The group's rho is the mean over (part, word) wei
 is the bias-corrected percentile bootstrap resampling prompts (a prompt's pairs move together). Also reported: the mean
 single-head IoU of the source's top 25% heads beside that of all heads.
 
-Written against HeadIndex and the stored maps only, so it runs in the SDXL setting as in the shapes world. Used
-as an `analyses:` entry (`check(relevance, rows)`, then `__call__(samples, gen_store, mask_store, relevance, tau,
-run_dir)` -> Markdown); besides the run's own source it scores the model-free `extra` sources (by default the
-held-out oracle and random heads, the ceiling and the floor). Writes head_diagnostics.{csv,md,png}.
+Written against HeadIndex and the stored maps only, so it runs in the SDXL setting as in the shapes world. An
+`Analysis` (config `analyses:`); besides the run's own source it scores the model-free `extra` sources (by default
+the held-out oracle and random heads, the ceiling and the floor). Writes head_diagnostics.{csv,md,png}.
 """
 
 from __future__ import annotations
@@ -26,9 +25,12 @@ import pandas as pd
 from scipy.stats import norm, rankdata
 
 from bench.aggregate import ranked_heads, resolve_k
+from bench.analyses import Analysis
 from bench.cache import write_atomic
 from bench.heads import HeadIndex
+from bench.prompts import PromptRow
 from bench.relevance import OracleRelevance, RandomRelevance, Relevance, RelevancePart, head_ious
+from bench.samples import Sample
 from bench.store import GenerateStore, MaskStore
 
 
@@ -101,9 +103,11 @@ def head_groups(head_index: HeadIndex) -> dict[str, np.ndarray]:
     return {name: idx for name, idx in groups.items() if len(idx) >= 2}
 
 
-class HeadDiagnostics:
-    """Analysis: Spearman rho (bootstrap CI over prompts) between head relevance and single-head held-out IoU,
-    overall, per block and per resolution, for the run's relevance source and the `extra` model-free ones."""
+class HeadDiagnostics(Analysis):
+    """Spearman rho (bootstrap CI over prompts) between head relevance and single-head held-out IoU, overall,
+    per block and per resolution, for the run's relevance source and the `extra` model-free ones."""
+
+    name = "head_diagnostics"
 
     def __init__(self, extra: list[str] = ("oracle", "random"), n_boot: int = 1000, top_k: str = "25%",
                  folds: int = 3, draws: int = 5, seed: int = 0):
@@ -113,7 +117,7 @@ class HeadDiagnostics:
         self.extra, self.n_boot, self.top_k, self.seed = list(extra), n_boot, top_k, seed
         self.folds, self.draws = folds, draws
 
-    def check(self, relevance: Relevance | None, rows: list) -> None:
+    def check(self, relevance: Relevance | None, rows: list[PromptRow]) -> None:
         """Needs scored prompts with words; at least two prompts when the oracle is scored (held-out folds)."""
         if not rows or not any(r.words for r in rows):
             raise ValueError("head diagnostics need prompts with target words")
@@ -128,8 +132,8 @@ class HeadDiagnostics:
         own = [relevance] if relevance is not None else []
         return own + [extra[name]() for name in self.extra if not any(s.name == name for s in own)]
 
-    def __call__(self, samples: list, gen_store: GenerateStore, mask_store: MaskStore, relevance: Relevance | None,
-                 tau: float | list[float], run_dir: Path) -> str:
+    def __call__(self, samples: list[Sample], gen_store: GenerateStore, mask_store: MaskStore,
+                 relevance: Relevance | None, tau: float | list[float], run_dir: Path) -> str:
         tau = float(tau if isinstance(tau, (int, float)) else tau[0])  # a tau sweep: its first value
         head_index = gen_store.head_index()
         pairs, ious = head_ious(samples, gen_store, mask_store, [tau])
