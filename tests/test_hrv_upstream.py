@@ -10,12 +10,16 @@ token belongs to none), and each head's argmax is its vote. The random word draw
 are the project's, recorded while it runs (batched, so votes must not depend on the batch size).
 """
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import REPO
 
 from bench import hrv
 from bench.cache import StageStore
@@ -150,7 +154,7 @@ def test_votes_equal_upstream_reference_shapes(tmp_path):
     np.testing.assert_allclose(out["start_share"], ref.start_share / ref.calls, rtol=1e-5)
 
 
-def test_start_token_share_reported_per_layer(tiny, tmp_path, capsys):
+def test_start_token_share_reported_per_layer(tiny, tmp_path):
     """The stage writes the start token's mean softmax share per layer (start_share.csv), the layer means of
     the per-head shares, the same whether the start token votes or not; `python -m bench.hrv` prints it."""
     concepts = {"A": ["cat", "dog"], "B": ["red"], "C": ["polka dots", "violin"]}
@@ -169,10 +173,15 @@ def test_start_token_share_reported_per_layer(tiny, tmp_path, capsys):
     np.testing.assert_allclose(shares[0], shares[1])
     assert ((shares[0] > 0) & (shares[0] < 1)).all()
 
-    table = hrv.main(["model=tiny_sdxl", "relevance.probe_limit=1", "model.generation.steps=1"])
+    # the command line as a user runs it (`-m`: the module is __main__ there, not bench.hrv)
+    cmd = [sys.executable, "-m", "bench.hrv", "model=tiny_sdxl", "relevance.probe_limit=1", "model.generation.steps=1",
+           "--out", str(tmp_path / "share.csv")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "BENCH_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "share.csv")
     assert len(table) == len(index.layers) and table["start_share"].between(0, 1).all()
-    out = capsys.readouterr().out
-    assert "start token in the softmax, as upstream" in out and "| block" in out
+    assert "start token in the softmax, as upstream" in proc.stdout and "| block" in proc.stdout
 
 
 @pytest.mark.parametrize("k", [260, 325])  # 20% and 25% of SDXL's 1,300 heads (the paper setting's k)
