@@ -53,7 +53,7 @@ run:  ## python -m bench in the venv, e.g. make run ARGS="experiment=shapes_imag
 	$(PY) -m bench $(ARGS)
 
 bench:  ## full sweep of each experiment in EXP (default: the shapes world, both modes; offline, CPU) -> results/runs/multirun_*/
-	@echo "make bench: experiments [$(EXP)]$(if $(filter-out $(SHAPES_EXP),$(EXP)),, (the offline shapes world, both modes: about 4-5 min on an idle 2-core CPU, longer under load)); the SDXL paper setting: make bench EXP=paper_sdxl_sweep on a GPU"
+	@echo "make bench: experiments [$(EXP)]$(if $(filter-out $(SHAPES_EXP),$(EXP)),, (the offline shapes world, both modes: about 6 min on an idle 2-core CPU, longer under load)); the SDXL paper setting: make bench EXP=paper_sdxl_sweep on a GPU"
 	@for exp in $(EXP); do $(PY) -m bench -m experiment=$$exp $(ARGS) || exit 1; done
 	@case "$(EXP)" in *shapes*) $(PY) -m bench.shapes.headline results/reference/shapes_world.json;; esac
 
