@@ -10,7 +10,8 @@
 #              10 steps, 16 COCO-80 prompts x 2 seeds, full-size random Grounded-SAM (Swin-B + ViT-H): per-stage seconds,
 #              peak GPU memory, bytes stored, and the projected time and disk of `make bench EXP=paper_sdxl_sweep`
 #   hrv_start_token_share  per-layer share of the start token in HRV's voting softmax (issue 15), sdxl_random,
-#              2 probe prompts x 5 PNDM steps in fp32, in the time the pipeline leaves (it stops 60 s early) -> OUT/hrv_start_share_<card>.csv
+#              2 probe prompts x 5 PNDM steps in fp32, in the time the pipeline leaves (it stops 60 s early)
+#              -> OUT/hrv_start_share_<card>.csv
 # After every phase, OUT/gpu_rehearsal_<card>.json and .md are rewritten from what has finished; perf writes
 # OUT/perf_<card>_<N>steps.json/.md. OUT is $OUT (the device tool's output folder) if set, else results/reference.
 #
@@ -91,9 +92,10 @@ diffusers.__version__, '| transformers', transformers.__version__, '| daam', daa
 CARD=${CARD:-$(card_name)}  # torch is preinstalled there; the wheels add only pure-Python packages
 run_phase setup 120 setup
 
-# time caps: perf leaves >= 160 s to the pipeline and the HRV share (which gets what the pipeline leaves); each report after a phase takes a few seconds. Expected on an
-# H200: setup ~30 s, gpu_tests ~70 s (first torch.compile included), perf ~230 s (model build ~40-60 s, 20 steps x 4
-# repetitions with daam, 50 steps x 2, profile), pipeline ~100 s
+# time caps: perf leaves >= 160 s to the pipeline and the HRV share (which gets what the pipeline leaves); each
+# report after a phase takes a few seconds. Expected on an H200: setup ~30 s, gpu_tests ~70 s (first torch.compile
+# included), perf ~230 s (model build ~40-60 s, 20 steps x 4 repetitions with daam, 50 steps x 2, profile),
+# pipeline ~100 s
 run_phase gpu_tests "$(( $(left) < 90 ? $(left) : 90 ))" \
   "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_capture.py tests/test_perf.py tests/test_daam_parity.py
 
