@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -157,8 +159,7 @@ def load_pretrained(name: str, kind: str, model_id: str, height: int, width: int
     """Load SDXL (`kind=sdxl`) or SD 1.x (`kind=sd`) by HF id or local path through the normal HF cache."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    local_files_only = hub_offline(local_files_only)
     cls = {"sdxl": StableDiffusionXLPipeline, "sd": StableDiffusionPipeline}[kind]
     kwargs: dict = dict(torch_dtype=dt, local_files_only=local_files_only, use_safetensors=True)
     if variant and dt == torch.float16:
@@ -170,17 +171,41 @@ def load_pretrained(name: str, kind: str, model_id: str, height: int, width: int
             kwargs["vae"] = AutoencoderKL.from_pretrained(vae_id, torch_dtype=dt, local_files_only=local_files_only)
         pipe = cls.from_pretrained(model_id, **kwargs)
     except (OSError, ValueError) as err:  # huggingface_hub raises OSError subclasses for missing files
-        raise ModelUnavailableError(
-            f"model '{model_id}' could not be loaded ({type(err).__name__}): it is not in the local Hugging Face "
-            f"cache or path and the hub is unreachable; download it where there is network "
-            f"(`hf download {model_id}`) or set model.loader.model_id=/path/to/a/local/copy") from None
+        raise unavailable(model_id, err) from None
     return _wrap(name, pipe.to(dev), height, width, heatmap_size, dev, dt)
+
+
+def unavailable(model_id: str, err: BaseException) -> ModelUnavailableError:
+    """The one-line error for a model that is neither cached nor reachable."""
+    return ModelUnavailableError(
+        f"model '{model_id}' could not be loaded ({type(err).__name__}): it is not in the local Hugging Face "
+        f"cache or path and the hub is unreachable; download it where there is network "
+        f"(`hf download {model_id}`) or set model.loader.model_id=/path/to/a/local/copy")
+
+
+def hub_offline(local_files_only: bool | None) -> bool:
+    """local_files_only as given, or HF_HUB_OFFLINE's setting when None."""
+    if local_files_only is not None:
+        return bool(local_files_only)
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
 def _sdxl_scheduler() -> EulerDiscreteScheduler:
     """SDXL base 1.0's scheduler configuration."""
     return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                                   timestep_spacing="leading")
+
+
+TINY_UNET_CONFIG = dict(
+    sample_size=256, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64, 64),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 4, 8), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
+    cross_attention_dim=96, addition_embed_type="text_time", addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=16)
+TINY_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+                       down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                       layers_per_block=1, norm_num_groups=8, sample_size=128)
 
 
 def build_tiny_sdxl(height: int = 128, width: int = 128, seed: int = 0, heatmap_size: int = 64,
@@ -200,17 +225,9 @@ def build_tiny_sdxl(height: int = 128, width: int = 128, seed: int = 0, heatmap_
                               bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=256, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4, 8), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
-        cross_attention_dim=96, addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=16)
+    unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        layers_per_block=1, norm_num_groups=8, sample_size=128)
+    vae = AutoencoderKL(**TINY_VAE_CONFIG)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(text_config(32))
     torch.manual_seed(seed + 3)
@@ -276,3 +293,34 @@ def build_sdxl_random(height: int = 1024, width: int = 1024, seed: int = 0, heat
                                      tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer("!"), unet=unet,
                                      scheduler=_sdxl_scheduler())
     return _wrap("sdxl_random", pipe, height, width, heatmap_size, dev, dt)
+
+
+def head_index_from_config(loader: Mapping[str, Any]) -> HeadIndex | None:
+    """The HeadIndex of the model `loader` (a model.loader config) builds, from configurations alone: the UNet
+    is built on the meta device, no weights are read, so values checked against the heads fail before the
+    model loads. None for a loader not known here (its values are checked right after it loads)."""
+    target = str(loader.get("_target_", "")).rsplit(".", 1)[-1]
+    if target == "build_tiny_sdxl":
+        config, factor = TINY_UNET_CONFIG, 2 ** (len(TINY_VAE_CONFIG["block_out_channels"]) - 1)
+    elif target == "build_sdxl_random":
+        config, factor = SDXL_UNET_CONFIG, 2 ** (len(SDXL_VAE_CONFIG["block_out_channels"]) - 1)
+    elif target == "load_shapes":
+        from bench.shapes.pipeline import IMAGE_SIZE
+
+        config, factor = UNet2DConditionModel.load_config(Path(loader["path"]) / "unet"), 1
+        loader = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}  # pixel space: the latent is the image
+    elif target == "load_pretrained":
+        model_id, vae_id = str(loader["model_id"]), loader.get("vae_id")
+        local_only = hub_offline(loader.get("local_files_only"))
+        try:
+            config = UNet2DConditionModel.load_config(model_id, subfolder="unet", local_files_only=local_only)
+            vae = (AutoencoderKL.load_config(vae_id, local_files_only=local_only) if vae_id else
+                   AutoencoderKL.load_config(model_id, subfolder="vae", local_files_only=local_only))
+        except (OSError, ValueError) as err:
+            raise unavailable(str(vae_id or model_id), err) from None
+        factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    else:
+        return None
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    return HeadIndex.from_unet(unet, (int(loader["height"]) // factor, int(loader["width"]) // factor))

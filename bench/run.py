@@ -1,9 +1,9 @@
 """One harness run: prompts -> generate+capture -> pseudo-GT -> aggregate+score -> summary.
 
-Every input is checked before the model generates anything (all that does not need the model before it
-loads; token positions, head groups and relevance files against its heads right after); each stage reads
-the cache of the one before it, so a sweep over methods, k or tau never regenerates images or re-segments
-them.
+Every input is checked before the model generates anything: all that does not need the model, and (for the
+loaders `bench.models.head_index_from_config` knows) head groups and relevance files against its heads, before
+it loads; the words' token positions right after. Each stage reads the cache of the one before it, so a sweep
+over methods, k or tau never regenerates images or re-segments them.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from bench.analyses import Analysis
 from bench.evaluate import KCurve, Overlays, Selective, check_taus, check_workers, evaluate_stage
 from bench.figures import save_overlays, write_figures
 from bench.generate import generate_stage
+from bench.heads import HeadIndex
+from bench.models import head_index_from_config
 from bench.prompts import load_prompt_set, mask_files_hash, prompt_set_hash, token_positions
 from bench.provenance import REPO, describe, provenance
 from bench.report import compact, summarise, write_summary
@@ -90,15 +92,19 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     rows_key = prompt_set_hash(rows)  # image files by content
     masks_key = mask_files_hash(rows) if isinstance(segmenter, FileMaskSegmenter) else None
 
-    # what needs the model (its tokenizer and heads), before it generates anything
+    # the model's heads from its configuration (no weights), where the loader is known: checked before it loads
+    configured = head_index_from_config(cfg.model.loader)
+    if configured is not None:
+        check_heads(methods, sources, configured)
+
+    # what needs the loaded model (its tokenizer; the heads of a loader not known above), before generating
     model = build(cfg.model.loader)
     positions = token_positions(model.tokenizer, rows)  # fails on any missing word
     head_index = model.head_index()
-    for method in methods:
-        if isinstance(method, Selective):
-            method.check(head_index)  # k, blocks and resolutions against this model's heads
-    for source in sources:
-        source.check_heads(head_index)  # a relevance file of another model
+    if configured is None:
+        check_heads(methods, sources, head_index)
+    elif configured != head_index:
+        raise RuntimeError(f"{model.name}: the loaded UNet's heads differ from its configuration's")
     samples = shard(make_samples(rows, seeds, positions), cfg.get("shard"))
     if not samples:
         raise ValueError(f"shard={cfg.shard} leaves no sample of {len(rows)} prompts: use fewer shards")
@@ -156,6 +162,16 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     logger.log_results(run_dir, table, summary, figures, shown, prov)
     print(compact(summary, stats=stats, where=run_dir) + (f"\n{notice}" if notice else ""))
     return summary
+
+
+def check_heads(methods: list, sources: list, head_index: HeadIndex) -> None:
+    """Values that depend on the model's heads: k, blocks and resolutions of each selective method, and each
+    relevance source's heads (a relevance file of another model), each a one-line error."""
+    for method in methods:
+        if isinstance(method, Selective):
+            method.check(head_index)
+    for source in sources:
+        source.check_heads(head_index)
 
 
 def repo_relative(path: str | Path) -> str:

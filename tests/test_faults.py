@@ -2,8 +2,9 @@
 a killed writer, a file-size limit, concurrent runs, a truncated table and every bad config value.
 
 A broken cache item is recomputed with a one-line warning naming the file, and the rerun's table is the
-baseline's byte for byte; a bad value fails in one line before the model loads (or, when it needs the
-model's heads, before anything is generated). One small tiny_sdxl run's cache serves every test (copied).
+baseline's byte for byte; a bad value fails in one line before the model loads (values checked against the
+model's heads too: its HeadIndex comes from its configuration, see `bench.models.head_index_from_config`).
+One small tiny_sdxl run's cache serves every test (copied).
 """
 
 import json
@@ -325,21 +326,12 @@ def test_malformed_jsonl_names_the_file_and_line(no_model, tmp_path):
         run(cfg_for([f"dataset.path={bad}"]), tmp_path / "run")
 
 
-@pytest.fixture
-def no_generation(monkeypatch):
-    def generate(*args, **kwargs):
-        raise AssertionError("generation ran before the bad value was refused")
-
-    monkeypatch.setattr(bench.models.T2IModel, "generate", generate)
-    monkeypatch.chdir(REPO)
-
-
-def test_resolution_the_model_lacks_fails_before_generation(no_generation, tmp_path):
+def test_resolution_the_model_lacks_fails_before_the_model_loads(no_model, tmp_path):
     with pytest.raises(ValueError, match=r"no heads at resolution 7: this model has map sizes \[\d"):
         run(cfg_for([*SMALL, "method.resolutions=7"]), tmp_path / "run")
 
 
-def test_relevance_file_of_another_model_fails_before_generation(no_generation, tmp_path):
+def test_relevance_file_of_another_model_fails_before_the_model_loads(no_model, tmp_path):
     names = [f"down, layer: 0, head: {h}" for h in range(10)]
     np.save(tmp_path / "vectors.npy", np.ones((1, len(names))))
     np.save(tmp_path / "heads.npy", np.array(names))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from helpers import SHARED_REFERENCE
+from helpers import REPO, SHARED_REFERENCE
 
 from bench.heads import HeadIndex
 from bench.models import SD14_UNET_CONFIG, SDXL_UNET_CONFIG
@@ -74,3 +74,27 @@ def test_json_roundtrip_and_masks(tiny):
         index.mask(["middle"])
     with pytest.raises(ValueError, match="no heads at resolution 7"):
         index.mask(resolutions=[7])
+
+
+def test_head_index_from_config_equals_the_loaded_models(tiny, tmp_path):
+    """The HeadIndex run.py checks values against before the model loads is the loaded model's, for every loader
+    it knows: tiny_sdxl, the shapes model, sdxl_random (built on meta here) and a pretrained folder on disk; a
+    model in no cache fails in one line naming it."""
+    from bench import ModelUnavailableError
+    from bench.models import build_sdxl_random, head_index_from_config, load_shapes
+
+    def configured(target: str, **loader) -> HeadIndex:
+        return head_index_from_config({"_target_": f"bench.models.{target}", **loader})
+
+    assert configured("build_tiny_sdxl", height=128, width=128) == tiny.head_index()
+    assert configured("build_tiny_sdxl", height=256, width=128) != tiny.head_index()  # resolutions follow the size
+    path = REPO / "data" / "shapes" / "model"
+    assert configured("load_shapes", path=str(path)) == load_shapes(str(path)).head_index()
+    sdxl = configured("build_sdxl_random", height=1024, width=1024)
+    assert sdxl == build_sdxl_random(device="meta").head_index() and len(sdxl) == 1300
+    tiny.pipe.save_pretrained(tmp_path / "tiny")
+    assert configured("load_pretrained", model_id=str(tmp_path / "tiny"), height=128, width=128,
+                      local_files_only=True) == tiny.head_index()
+    with pytest.raises(ModelUnavailableError, match="model 'nobody/nothing' could not be loaded .*hf download"):
+        configured("load_pretrained", model_id="nobody/nothing", height=128, width=128, local_files_only=True)
+    assert head_index_from_config({"_target_": "my.own.loader"}) is None  # checked right after it loads
