@@ -196,18 +196,6 @@ def _sdxl_scheduler() -> EulerDiscreteScheduler:
                                   timestep_spacing="leading")
 
 
-TINY_UNET_CONFIG = dict(
-    sample_size=256, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64, 64),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=(2, 4, 8), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
-    cross_attention_dim=96, addition_embed_type="text_time", addition_time_embed_dim=8,
-    projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=16)
-TINY_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-                       down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                       layers_per_block=1, norm_num_groups=8, sample_size=128)
-
-
 def build_tiny_sdxl(height: int = 128, width: int = 128, seed: int = 0, heatmap_size: int = 64,
                     device: str = "cpu") -> T2IModel:
     """SDXL architecture in miniature with seeded random weights, built offline in about a second.
@@ -247,6 +235,14 @@ SDXL_UNET_CONFIG = dict(
     attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
     cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816)
+# tiny_sdxl: SDXL's UNet layout in miniature (widths, heads and depths cut; the same block types and conditioning)
+TINY_UNET_CONFIG = {**SDXL_UNET_CONFIG, "sample_size": 256, "block_out_channels": (32, 64, 64),
+                    "attention_head_dim": (2, 4, 8), "transformer_layers_per_block": (1, 1, 2),
+                    "cross_attention_dim": 96, "addition_time_embed_dim": 8,
+                    "projection_class_embeddings_input_dim": 32 + 6 * 8, "norm_num_groups": 16}
+TINY_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+                       down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                       layers_per_block=1, norm_num_groups=8, sample_size=128)
 SD14_UNET_CONFIG = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
