@@ -123,18 +123,19 @@ class T2IModel:
 
 
 def load_shapes(path: str, heatmap_size: int = 32, device: str = "cpu") -> T2IModel:
-    """The shapes-world model the project trains (`make train-shapes`), 32 px pixel-space diffusion.
+    """The shapes-world model the project trains (`make train-shapes`): pixel-space diffusion, the image side is
+    its UNet's sample_size.
 
-    daam_latent_hw is the image's 32x32, so daam's factor rule keeps every map (factors 2 and 4)."""
-    from bench.shapes.pipeline import IMAGE_SIZE, load_shapes_pipeline
+    daam_latent_hw is the image's side squared, so daam's factor rule keeps every map (factors 2 and 4)."""
+    from bench.shapes.pipeline import load_shapes_pipeline
 
     dev = resolve_device(device)
     pipe = load_shapes_pipeline(path, device=str(dev))
     pipe.set_progress_bar_config(disable=True)
+    side = pipe.unet.config.sample_size
     weights = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(path).rglob("*.safetensors"))))
-    return T2IModel("shapes", pipe, IMAGE_SIZE, IMAGE_SIZE, (IMAGE_SIZE, IMAGE_SIZE), heatmap_size,
-                    IMAGE_SIZE * IMAGE_SIZE, dev, torch.float32, {"fixed_size": True},
-                    fingerprint=weights.hexdigest()[:16])
+    return T2IModel("shapes", pipe, side, side, (side, side), heatmap_size, side * side, dev, torch.float32,
+                    {"fixed_size": True}, fingerprint=weights.hexdigest()[:16])
 
 
 def _daam_latent_hw(pipe: DiffusionPipeline) -> int:
@@ -301,10 +302,8 @@ def head_index_from_config(loader: Mapping[str, Any]) -> HeadIndex | None:
     elif target == "build_sdxl_random":
         config, factor = SDXL_UNET_CONFIG, 2 ** (len(SDXL_VAE_CONFIG["block_out_channels"]) - 1)
     elif target == "load_shapes":
-        from bench.shapes.pipeline import IMAGE_SIZE
-
         config, factor = UNet2DConditionModel.load_config(Path(loader["path"]) / "unet"), 1
-        loader = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}  # pixel space: the latent is the image
+        loader = {"height": config["sample_size"], "width": config["sample_size"]}  # pixel space: latent = image
     elif target == "load_pretrained":
         model_id, vae_id = str(loader["model_id"]), loader.get("vae_id")
         local_only = hub_offline(loader.get("local_files_only"))

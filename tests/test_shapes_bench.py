@@ -13,22 +13,37 @@ from helpers import REPO
 from bench.evaluate import CentredDisc, Context, OtherWord
 from bench.shapes.evalset import write_eval_set
 from bench.shapes.pseudo_gt import ColourSegmenter, fidelity
-from bench.shapes.world import SHAPES, caption, render, split_scene
+from bench.shapes.world import SHAPES, World, caption, load_world, render, split_scene
 
 SHIPPED = REPO / "data" / "shapes" / "model"
 
 
 def test_eval_set_rows_carry_exact_masks(tmp_path):
-    path = Path(write_eval_set(str(tmp_path), n_scenes=5, first=3))
-    assert write_eval_set(str(tmp_path), n_scenes=5, first=3) == str(path)  # rendered once
+    path = Path(write_eval_set(str(tmp_path), n_scenes=5, model=str(SHIPPED), first=3))
+    assert write_eval_set(str(tmp_path), n_scenes=5, model=str(SHIPPED), first=3) == str(path)  # rendered once
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"eval{i:05d}" for i in range(3, 8)]
     for row, i in zip(rows, range(3, 8)):
-        image, masks = render(split_scene("eval", i))
+        image, masks = render(split_scene("eval", i, load_world(SHIPPED)), load_world(SHIPPED).size)
         assert row["prompt"] == caption(split_scene("eval", i))[0]
         assert np.array_equal(np.asarray(PIL.Image.open(path.parent / row["image"])), image)
         for word in row["words"]:
             assert np.array_equal(np.asarray(PIL.Image.open(path.parent / row["masks"][word])) > 127, masks[word])
+
+
+def test_eval_set_renders_the_world_its_model_was_trained_on(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    world = World(24, 0.35, 0.6)
+    (model / "shapes_model.json").write_text(json.dumps({"world": world.as_dict()}))
+    path = Path(write_eval_set(str(tmp_path / "sets"), n_scenes=3, model=str(model)))
+    row = json.loads(path.read_text().splitlines()[2])
+    assert np.array_equal(np.asarray(PIL.Image.open(path.parent / row["image"])),
+                          render(split_scene("eval", 2, world), 24)[0])
+    assert split_scene("eval", 2, world) != split_scene("eval", 2)  # other sizes than the default world
+    (model / "shapes_model.json").write_text("{}")
+    with pytest.raises(ValueError, match="names no world.*retrain"):
+        write_eval_set(str(tmp_path / "other"), n_scenes=3, model=str(model))
 
 
 def test_fidelity_accepts_renders_and_rejects_wrong_drawings():
@@ -78,7 +93,8 @@ def shipped_run(tmp_path_factory):
     from bench.store import GenerateStore
 
     model = load_shapes(str(SHIPPED))
-    rows = load_prompt_set(write_eval_set(str(tmp_path_factory.mktemp("eval")), n_scenes=32, first=500))
+    rows = load_prompt_set(write_eval_set(str(tmp_path_factory.mktemp("eval")), n_scenes=32, model=str(SHIPPED),
+                                          first=500))
     samples = make_samples(rows, [0], token_positions(model.tokenizer, rows))
     store = GenerateStore(tmp_path_factory.mktemp("stages"), {"shipped": 1}, [])
     generate_stage(model, samples, store, steps=10, guidance_scale=1.0, batch_size=32, source="image")
@@ -89,7 +105,7 @@ def shipped_run(tmp_path_factory):
         masks = {w: torch.from_numpy(np.asarray(PIL.Image.open(p)) > 127) for w, p in row.extra["masks"].items()}
         shapes = [w for w in row.words if w in SHAPES]
         for word in shapes:
-            head_maps = word_head_maps(stored["maps"], index, stored["words"][word], 32)
+            head_maps = word_head_maps(stored["maps"], index, stored["words"][word], model.height)
             pairs.append((head_maps, masks[word], next((masks[w] for w in shapes if w != word), None)))
     return pairs
 
@@ -102,11 +118,12 @@ def test_shipped_checkpoint_heat_maps_find_their_objects(shipped_run):
     from bench.score import heat_to_mask, iou
 
     calibration, held_out = shipped_run[: len(shipped_run) // 2], shipped_run[len(shipped_run) // 2:]
-    per_head = np.nanmean([iou(heat_to_mask(h, (32, 32), 0.4), m).numpy() for h, m, _ in calibration], axis=0)
+    size = tuple(calibration[0][1].shape)
+    per_head = np.nanmean([iou(heat_to_mask(h, size, 0.4), m).numpy() for h, m, _ in calibration], axis=0)
     top = torch.from_numpy(np.argsort(-per_head)[:4].copy())
 
     def miou(transform=lambda heat: heat, other=False):
-        return float(np.mean([iou(heat_to_mask(transform(h[top].mean(0)), (32, 32), 0.4), o if other else m)
+        return float(np.mean([iou(heat_to_mask(transform(h[top].mean(0)), size, 0.4), o if other else m)
                               for h, m, o in held_out if not other or o is not None]))
 
     correct = miou()

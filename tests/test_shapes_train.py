@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bench.shapes.pipeline import unet_config
-from bench.shapes.train import SceneBatches, Trainer, main, parse_args
-from bench.shapes.world import caption, render, split_scene
+from bench.shapes.pipeline import load_shapes_pipeline, unet_config
+from bench.shapes.train import SceneBatches, Trainer, learning_rate, main, parse_args
+from bench.shapes.world import World, caption, load_world, render, split_scene
 
-TINY = ["--channels", "16", "32", "--attn-resolutions", "16", "--batch", "4", "--warmup", "2", "--device", "cpu"]
+TINY = ["--channels", "16", "32", "--attn-resolutions", "16", "--batch", "4", "--warmup", "2", "--device", "cpu",
+        "--steps", "10"]
 
 
 def args_for(tmp_path, *extra: str):
@@ -77,12 +78,48 @@ def test_resume_with_another_recipe_is_refused(tmp_path):
 
 
 def test_train_and_export_end_to_end(tmp_path):
-    main([*TINY, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "model"), "--steps", "2",
-          "--no-samples", "--log-every", "1"])
+    main([*TINY, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "model"), "--steps", "4",
+          "--no-samples", "--log-every", "1", "--snapshots", "2", "--image-size", "24", "--object-size", "0.3", "0.6",
+          "--text-tokens", "16", "--attn-resolutions", "12", "--prediction", "v_prediction"])
     meta = json.loads((tmp_path / "model" / "shapes_model.json").read_text())
-    assert meta["step"] == 2 and meta["train_samples"] == 8 and meta["channels"] == [16, 32]
+    assert meta["step"] == 4 and meta["train_samples"] == 16 and meta["channels"] == [16, 32]
+    assert load_world(tmp_path / "model") == World(24, 0.3, 0.6)
     unet = json.loads((tmp_path / "model" / "unet" / "config.json").read_text())
-    assert unet["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D"]
+    assert unet["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D"] and unet["sample_size"] == 24
+    snapshots = sorted(p.name for p in (tmp_path / "work" / "snapshots").iterdir())
+    assert snapshots == ["step_000002", "step_000004"]
+    assert json.loads((tmp_path / "work" / "snapshots" / "step_000002" / "shapes_model.json").read_text())["step"] == 2
+    pipe = load_shapes_pipeline(tmp_path / "model")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.token_ids(["a red circle"]).shape == (1, 16)
+    image = pipe(["a red circle"], torch.Generator().manual_seed(0), num_inference_steps=2)
+    assert image.shape == (1, 24, 24, 3)
+
+
+def test_time_box_stops_and_resumes_without_changing_the_schedule(tmp_path):
+    args = [*TINY, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "model"), "--no-samples", "--steps", "3"]
+    main([*args, "--minutes", "0"])  # stops before the first step: a checkpoint, no model
+    assert (tmp_path / "work" / "checkpoint.pt").exists() and not (tmp_path / "model").exists()
+    main(args)
+    assert json.loads((tmp_path / "model" / "shapes_model.json").read_text())["step"] == 3
+    schedule = parse_args([*TINY, "--work", "w", "--steps", "100"])
+    assert learning_rate(schedule, 1) == schedule.lr * 2 / 2 and learning_rate(schedule, 100) == pytest.approx(
+        0.1 * schedule.lr)  # warmup, then the cosine ends at 10% of lr at --steps, whatever the wall time
+
+
+def test_v_prediction_loss_is_zero_for_the_exact_v(tmp_path, monkeypatch):
+    trainer = Trainer(args_for(tmp_path, "--prediction", "v_prediction", "--loss-weight", "min_snr"))
+    batch = SceneBatches(4, 0, 0.0, 1000)[0]
+    t = batch["t"]
+    exact_v = (trainer.sqrt_a[t, None, None, None] * batch["noise"]
+               - trainer.sqrt_1ma[t, None, None, None] * batch["x0"])  # (B, 3, S, S)
+
+    class Exact(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            return type("Out", (), {"sample": exact_v + 0 * sum(p.sum() for p in trainer.unet.parameters())})()
+
+    monkeypatch.setattr(trainer, "forward_unet", Exact())
+    assert trainer.train_step(batch).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_unet_config_and_model_size_errors(tmp_path):

@@ -1,8 +1,8 @@
 """Small pixel-space text-to-image diffusion model of the shapes world, as a diffusers pipeline.
 
-UNet2DConditionModel on 32x32 RGB in [-1, 1] with cross-attention at 16x16 and 8x8 (7 attention
-layers, 4 heads each), a small CLIPTextModel over the real CLIP BPE tokenizer, epsilon prediction,
-cosine betas; sampling with DDIM.
+UNet2DConditionModel on the world's RGB images in [-1, 1] (side = `unet.config.sample_size`) with cross-attention
+at the block resolutions the recipe names, a small CLIPTextModel over the real CLIP BPE tokenizer (captions padded
+to its `max_position_embeddings`), cosine betas; sampling with DDIM (epsilon or v prediction, as trained).
 """
 
 from __future__ import annotations
@@ -20,23 +20,22 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from bench.tokenizer import clip_tokenizer
 
-IMAGE_SIZE = 32
-MAX_LENGTH = 77
 TEXT_DIM = 64
 NUM_HEADS = 4
 
 
 def unet_config(channels: tuple[int, ...] = (32, 64, 64), attn_resolutions: tuple[int, ...] = (16, 8),
-                layers_per_block: int = 1, heads: int = NUM_HEADS) -> dict:
-    """UNet2DConditionModel config: one block per entry of `channels` (block i works at 32 / 2**i px);
-    a block has cross-attention when its resolution is in `attn_resolutions`; the mid block always does."""
-    sides = [IMAGE_SIZE // 2**i for i in range(len(channels))]
+                layers_per_block: int = 1, heads: int = NUM_HEADS, size: int = 32) -> dict:
+    """UNet2DConditionModel config for `size` px images: one block per entry of `channels` (block i works at
+    size / 2**i px); a block has cross-attention when its resolution is in `attn_resolutions`; the mid block
+    always does."""
+    sides = [size // 2**i for i in range(len(channels))]
     unknown = sorted(set(attn_resolutions) - set(sides))
     if unknown:
         raise ValueError(f"attention resolutions {unknown} are not block resolutions {sides}: pick from those")
     attn = [side in attn_resolutions for side in sides]
     return {
-        "sample_size": IMAGE_SIZE,
+        "sample_size": size,
         "in_channels": 3,
         "out_channels": 3,
         "down_block_types": tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
@@ -50,19 +49,19 @@ def unet_config(channels: tuple[int, ...] = (32, 64, 64), attn_resolutions: tupl
     }
 
 
-UNET_CONFIG: dict = unet_config()
-
-TEXT_CONFIG: dict = {
-    "vocab_size": 49408,
-    "hidden_size": TEXT_DIM,
-    "intermediate_size": 4 * TEXT_DIM,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "max_position_embeddings": MAX_LENGTH,
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 49407,
-}
+def text_config(tokens: int = 77) -> dict:
+    """CLIPTextConfig of the text encoder; captions are padded to `tokens` positions (start and end included)."""
+    return {
+        "vocab_size": 49408,
+        "hidden_size": TEXT_DIM,
+        "intermediate_size": 4 * TEXT_DIM,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": tokens,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 49407,
+    }
 
 SCHEDULER_CONFIG: dict = {
     "num_train_timesteps": 1000,
@@ -88,11 +87,18 @@ class ShapesPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
+    def token_ids(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids (B, L) of prompts padded to the text encoder's L positions; a longer prompt is refused."""
+        length = self.text_encoder.config.max_position_embeddings
+        ids = self.tokenizer(prompts, padding="max_length", max_length=length, truncation=False,
+                             return_tensors="pt").input_ids  # (B, L)
+        if ids.shape[1] > length:
+            raise ValueError(f"a prompt of {ids.shape[1]} tokens exceeds this model's {length}: shorten it")
+        return ids
+
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """Text encoder last hidden states (B, 77, D) of prompts padded to 77 tokens."""
-        ids = self.tokenizer(
-            prompts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
-        ).input_ids  # (B, 77)
+        """Text encoder last hidden states (B, L, D) of prompts padded to the encoder's L positions."""
+        ids = self.token_ids(prompts)  # (B, L)
         return self.text_encoder(ids.to(self.text_encoder.device)).last_hidden_state
 
     @torch.no_grad()
@@ -111,11 +117,11 @@ class ShapesPipeline(DiffusionPipeline):
         if isinstance(prompt, str):
             prompt = [prompt]
         batch = len(prompt)
-        cond = self.encode_prompt(prompt)  # (B, 77, D)
+        cond = self.encode_prompt(prompt)  # (B, L, D)
         do_cfg = guidance_scale > 1
         if do_cfg:
-            uncond = self.encode_prompt([""] * batch)  # (B, 77, D)
-            embeds = torch.cat([uncond, cond])  # (2B, 77, D)
+            uncond = self.encode_prompt([""] * batch)  # (B, L, D)
+            embeds = torch.cat([uncond, cond])  # (2B, L, D)
         else:
             embeds = cond
         device, dtype = self.unet.device, self.unet.dtype
@@ -143,8 +149,8 @@ class ShapesPipeline(DiffusionPipeline):
 def build_shapes_pipeline(seed: int = 0) -> ShapesPipeline:
     """Randomly initialised pipeline (fp32, CPU) from the module configs."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    unet = UNet2DConditionModel(**unet_config())
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config()))
     return ShapesPipeline(unet, text_encoder, clip_tokenizer(), DDIMScheduler(**SCHEDULER_CONFIG))
 
 

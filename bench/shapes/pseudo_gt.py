@@ -13,20 +13,7 @@ import numpy as np
 import PIL.Image
 
 from bench.segment import Segmenter, WordMask
-from bench.shapes.world import (
-    MAX_SIZE,
-    MIN_SIZE,
-    MIN_VISIBLE,
-    PALETTE,
-    caption_words,
-    classify_shape,
-    colour_mask,
-)
-
-# plausible visible area of one object, as a fraction of the image (squares of the sampled sides,
-# circles/crosses/triangles smaller; occlusion keeps >= MIN_VISIBLE)
-MIN_AREA = 0.5 * MIN_VISIBLE * MIN_SIZE**2 * 0.5
-MAX_AREA = 1.5 * MAX_SIZE**2
+from bench.shapes.world import PALETTE, WORLD, World, caption_words, classify_shape, colour_mask
 
 
 class ColourSegmenter(Segmenter):
@@ -52,16 +39,18 @@ class ColourSegmenter(Segmenter):
         return out
 
 
-def fidelity(image: PIL.Image.Image, prompt: str) -> dict:
-    """Did the image draw the caption? Colours present with plausible areas, front object's shape right."""
+def fidelity(image: PIL.Image.Image, prompt: str, world: World = WORLD) -> dict:
+    """Did the image draw the caption? Colours present with plausible areas (World.area_range), front object's
+    shape right."""
     pixels = np.asarray(image.convert("RGB"))
+    min_area, max_area = world.area_range()
     words = caption_words(prompt)
     checks = []
     for colour, shape in zip(words[0::2], words[1::2]):
         mask = colour_mask(pixels, colour)
         area = mask.mean()
         checks.append({"colour": colour, "shape": shape, "area": float(area),
-                       "area_ok": bool(MIN_AREA <= area <= MAX_AREA),
+                       "area_ok": bool(min_area <= area <= max_area),
                        "shape_ok": classify_shape(mask) == shape})
     faithful = all(c["area_ok"] for c in checks) and checks[-1]["shape_ok"]
     return {"objects": checks, "faithful": faithful}

@@ -1,19 +1,20 @@
 """Seeded, resumable training of the shapes-world diffusion model on freshly rendered train scenes, on any device.
 
-    python -m bench.shapes.train --out data/shapes/model --work /work/shapes_train --minutes 100
-    python -m bench.shapes.train --device cuda --batch 1024 --workers 4 --seeds 0 1 2 --out M --work W --minutes 5
+    python -m bench.shapes.train --out data/shapes/model --work .cache/shapes_train --steps 1600
+    python -m bench.shapes.train --device cuda --workers 4 --seeds 0 1 2 --out M --work W --steps 1600
 
 Step s trains on train-split scenes s*B .. s*B+B-1; its caption dropout, timesteps and noise come from a
 generator seeded by (seed, s), so a step's batch is a pure function of (seed, step, batch) whatever the device,
-the number of DataLoader workers rendering it or the resume point. --minutes and --steps are totals over all
-runs: rerunning the same command resumes from <work>/checkpoint.pt (tensors saved on the CPU, so a checkpoint
-written on a GPU resumes on the CPU and back). The learning rate warms up, then follows a cosine to 10% over
-progress = max(step / steps, elapsed / minutes). At the end the EMA weights are exported with
-save_shapes_model; --export-only exports the latest checkpoint. Several --seeds train at once, one process
-each, into <out>/seed_<s> and <work>/seed_<s>.
+the number of DataLoader workers rendering it or the resume point. The learning rate warms up, then follows a
+cosine to 10% over --steps: the model is a function of the recipe, the seed and --steps alone, never of wall
+time. --minutes only time-boxes one invocation: it saves the checkpoint and stops; rerunning the same command
+resumes from <work>/checkpoint.pt (tensors saved on the CPU, so a checkpoint written on a GPU resumes on the CPU
+and back). After the last step the EMA weights are exported with save_shapes_model; --snapshots N also exports
+the EMA at N evenly spaced steps into <work>/snapshots/step_<s> (learning curves); --export-only exports the
+latest checkpoint. Several --seeds train at once, one process each, into <out>/seed_<s> and <work>/seed_<s>.
 
-Recipe flags (capacity --channels / --layers-per-block / --heads, --attn-resolutions, --lr / --warmup,
---loss-weight) are saved in the checkpoint and must match on resume. Speed flags (--device, --precision,
+Recipe flags (capacity --channels / --layers-per-block / --heads, --attn-resolutions, --lr / --warmup, --prediction,
+--loss-weight, --steps) are saved in the checkpoint and must match on resume. Speed flags (--device, --precision,
 --workers, --channels-last, --compile) may change between runs. Threads: torch.set_num_threads(OMP_NUM_THREADS,
 default 1).
 """
@@ -38,15 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from bench.devices import resolve_device
-from bench.shapes.pipeline import (
-    MAX_LENGTH,
-    SCHEDULER_CONFIG,
-    TEXT_CONFIG,
-    ShapesPipeline,
-    save_shapes_model,
-    unet_config,
-)
-from bench.shapes.world import VOCABULARY, caption, render, split_scene
+from bench.shapes.pipeline import SCHEDULER_CONFIG, ShapesPipeline, save_shapes_model, text_config, unet_config
+from bench.shapes.world import VOCABULARY, WORLD, World, caption, render, split_scene
 from bench.tokenizer import clip_tokenizer
 
 SAMPLE_PROMPTS = [
@@ -61,24 +55,35 @@ SAMPLE_PROMPTS = [
 ]
 MAX_MODEL_BYTES = 20_000_000  # the exported fp16 model is committed to the repo
 #: settings that define the model and its schedule: a resume must not change them
-RECIPE = ("batch", "seed", "channels", "layers_per_block", "heads", "attn_resolutions", "lr", "warmup",
-          "ema_decay", "cfg_dropout", "loss_weight", "snr_gamma")
+RECIPE = ("batch", "seed", "steps", "image_size", "object_size", "text_tokens", "channels", "layers_per_block",
+          "heads", "attn_resolutions", "lr", "warmup", "ema_decay", "cfg_dropout", "prediction", "loss_weight",
+          "snr_gamma")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("data/shapes/model"), help="exported model folder")
     p.add_argument("--work", type=Path, required=True, help="checkpoint / log / sample folder")
-    p.add_argument("--minutes", type=float, default=100.0, help="total training wall time over all runs")
-    p.add_argument("--steps", type=int, default=1_000_000, help="total optimizer steps")
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps; the learning-rate schedule spans them")
+    p.add_argument("--minutes", type=float, default=float("inf"),
+                   help="time box of this invocation: checkpoint and stop (rerun to resume); the schedule ignores it")
+    p.add_argument("--snapshots", type=int, default=0, help="export the EMA at this many evenly spaced steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200, help="linear warmup steps")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="P(caption -> '')")
+    p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon",
+                   help="the UNet's target: the noise, or v = sqrt(a) noise - sqrt(1 - a) x0 (Salimans & Ho 2022)")
     p.add_argument("--loss-weight", choices=("uniform", "min_snr"), default="uniform",
-                   help="per-sample MSE weight: uniform, or min(SNR, gamma) / SNR (Min-SNR-gamma, eps-prediction)")
+                   help="per-sample MSE weight: uniform, or Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR "
+                        "for epsilon, min(SNR, gamma) / (SNR + 1) for v")
     p.add_argument("--snr-gamma", type=float, default=5.0)
+    p.add_argument("--image-size", type=int, default=WORLD.size, help="the world's image side (px)")
+    p.add_argument("--object-size", type=float, nargs=2, default=[WORLD.min_size, WORLD.max_size],
+                   metavar=("MIN", "MAX"),
+                   help="the world's object sides as fractions of the image side")
+    p.add_argument("--text-tokens", type=int, default=77, help="caption positions of the text encoder")
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="UNet block widths")
     p.add_argument("--layers-per-block", type=int, default=1)
     p.add_argument("--heads", type=int, default=4, help="heads per cross-attention layer")
@@ -113,20 +118,25 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 class SceneBatches(Dataset):
-    """Item s = step s's batch: images (B, 3, 32, 32) in [-1, 1], caption token ids (B, 77) with caption dropout
-    applied, timesteps (B,) and noise (B, 3, 32, 32), all from train scenes s*B .. s*B+B-1 and step_generator."""
+    """Item s = step s's batch: images (B, 3, S, S) in [-1, 1], caption token ids (B, L) with caption dropout
+    applied, timesteps (B,) and noise (B, 3, S, S), all from train scenes s*B .. s*B+B-1 of `world` (S = its size)
+    and step_generator."""
 
-    def __init__(self, batch: int, seed: int, dropout: float, n_timesteps: int, first_step: int = 0):
+    def __init__(self, batch: int, seed: int, dropout: float, n_timesteps: int, first_step: int = 0,
+                 world: World = WORLD, text_tokens: int = 77):
         self.batch, self.seed, self.dropout, self.n_timesteps = batch, seed, dropout, n_timesteps
-        self.first_step = first_step
+        self.first_step, self.world, self.text_tokens = first_step, world, text_tokens
         self.tokenizer = clip_tokenizer()
-        self.token_ids: dict[str, torch.Tensor] = {}  # caption -> (77,) ids: ~1,700 distinct captions
+        self.token_ids: dict[str, torch.Tensor] = {}  # caption -> (L,) ids: ~1,700 distinct captions
 
     def ids(self, text: str) -> torch.Tensor:
-        """Token ids (77,) of one caption padded to 77, tokenised once per process."""
+        """Token ids (L,) of one caption padded to L positions, tokenised once per process."""
         if text not in self.token_ids:
-            self.token_ids[text] = self.tokenizer(text, padding="max_length", max_length=MAX_LENGTH,
-                                                  return_tensors="pt").input_ids[0]
+            ids = self.tokenizer(text, padding="max_length", max_length=self.text_tokens,
+                                 return_tensors="pt").input_ids[0]
+            if len(ids) > self.text_tokens:
+                raise ValueError(f"caption {text!r} has {len(ids)} tokens, over --text-tokens {self.text_tokens}")
+            self.token_ids[text] = ids
         return self.token_ids[text]
 
     def __len__(self) -> int:
@@ -136,23 +146,24 @@ class SceneBatches(Dataset):
         step = self.first_step + index
         images, captions = [], []
         for i in range(step * self.batch, (step + 1) * self.batch):
-            scene = split_scene("train", i)
-            images.append(render(scene)[0])
+            scene = split_scene("train", i, self.world)
+            images.append(render(scene, self.world.size)[0])
             captions.append(caption(scene)[0])
         generator = step_generator(self.seed, step)
         drop = torch.rand(self.batch, generator=generator) < self.dropout  # (B,)
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        return {"x0": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1,  # (B, 3, 32, 32)
-                "ids": torch.stack([self.ids(c) for c in captions]),  # (B, 77)
+        side = self.world.size
+        return {"x0": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1,  # (B, 3, S, S)
+                "ids": torch.stack([self.ids(c) for c in captions]),  # (B, L)
                 "t": torch.randint(0, self.n_timesteps, (self.batch,), generator=generator),  # (B,)
-                "noise": torch.randn(self.batch, 3, 32, 32, generator=generator)}  # (B, 3, 32, 32)
+                "noise": torch.randn(self.batch, 3, side, side, generator=generator)}  # (B, 3, S, S)
 
 
-def learning_rate(args: argparse.Namespace, step: int, elapsed_s: float) -> float:
-    """Linear warmup, then cosine from lr to 0.1 lr over the step / time budget."""
+def learning_rate(args: argparse.Namespace, step: int) -> float:
+    """Linear warmup, then cosine from lr to 0.1 lr over --steps."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    progress = min(1.0, max(step / args.steps, elapsed_s / (60 * args.minutes)))
+    progress = min(1.0, step / args.steps)
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -177,10 +188,11 @@ class Trainer:
         precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
+        self.world = World(args.image_size, *args.object_size)
         torch.manual_seed(args.seed)
         self.unet = UNet2DConditionModel(**unet_config(tuple(args.channels), tuple(args.attn_resolutions),
-                                                       args.layers_per_block, args.heads))
-        self.text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+                                                       args.layers_per_block, args.heads, self.world.size))
+        self.text_encoder = CLIPTextModel(CLIPTextConfig(**text_config(args.text_tokens)))
         n_bytes = 2 * sum(p.numel() for m in (self.unet, self.text_encoder) for p in m.parameters())
         if n_bytes > MAX_MODEL_BYTES:
             raise ValueError(f"this recipe's fp16 model is {n_bytes / 1e6:.1f} MB, over the "
@@ -195,7 +207,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.01, fused=cuda or None)
         self.forward_unet = torch.compile(self.unet) if args.compile else self.unet
         self.tokenizer = clip_tokenizer()
-        alphas_cumprod = DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod  # (T,)
+        alphas_cumprod = self.scheduler().alphas_cumprod  # (T,)
         self.sqrt_a = alphas_cumprod.sqrt().to(self.device)
         self.sqrt_1ma = (1 - alphas_cumprod).sqrt().to(self.device)
         self.snr = (alphas_cumprod / (1 - alphas_cumprod)).to(self.device)  # (T,)
@@ -205,7 +217,8 @@ class Trainer:
 
     def batches(self) -> DataLoader:
         """Batches from the current step on, rendered in `args.workers` processes."""
-        data = SceneBatches(self.args.batch, self.args.seed, self.args.cfg_dropout, len(self.sqrt_a), self.step)
+        data = SceneBatches(self.args.batch, self.args.seed, self.args.cfg_dropout, len(self.sqrt_a), self.step,
+                            self.world, self.args.text_tokens)
         workers = self.args.workers
         return DataLoader(data, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
                           prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -214,20 +227,26 @@ class Trainer:
         """One optimizer step on one item of SceneBatches; returns the loss (a 0-d tensor on the device)."""
         args = self.args
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        t, noise = batch["t"], batch["noise"]  # (B,), (B, 3, 32, 32)
+        t, noise = batch["t"], batch["noise"]  # (B,), (B, 3, S, S)
         xt = self.sqrt_a[t, None, None, None] * batch["x0"] + self.sqrt_1ma[t, None, None, None] * noise
         if self.channels_last:
             xt = xt.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
-            embeds = self.text_encoder(batch["ids"]).last_hidden_state  # (B, 77, D)
-            pred = self.forward_unet(xt, t, encoder_hidden_states=embeds).sample  # (B, 3, 32, 32)
-        per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean((1, 2, 3))  # (B,)
+            embeds = self.text_encoder(batch["ids"]).last_hidden_state  # (B, L, D)
+            pred = self.forward_unet(xt, t, encoder_hidden_states=embeds).sample  # (B, 3, S, S)
+        if args.prediction == "v_prediction":
+            target = self.sqrt_a[t, None, None, None] * noise - self.sqrt_1ma[t, None, None, None] * batch["x0"]
+        else:
+            target = noise  # (B, 3, S, S)
+        per_sample = F.mse_loss(pred.float(), target, reduction="none").mean((1, 2, 3))  # (B,)
         if args.loss_weight == "min_snr":
-            per_sample = per_sample * self.snr[t].clamp(max=args.snr_gamma) / self.snr[t]
+            snr = self.snr[t]  # (B,)
+            per_sample = per_sample * snr.clamp(max=args.snr_gamma) / (snr + 1 if args.prediction == "v_prediction"
+                                                                        else snr)
         loss = per_sample.mean()
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(args, self.step, self.elapsed_s)
+            group["lr"] = learning_rate(args, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -274,9 +293,13 @@ class Trainer:
         self.elapsed_s = state["elapsed_s"]
         return True
 
+    def scheduler(self) -> DDIMScheduler:
+        """The sampler of the exported model: SCHEDULER_CONFIG with this recipe's prediction type."""
+        return DDIMScheduler(**{**SCHEDULER_CONFIG, "prediction_type": self.args.prediction})
+
     def ema_pipeline(self) -> ShapesPipeline:
         """Pipeline over fp32 CPU copies of the EMA weights (standard memory layout)."""
-        scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
+        scheduler = self.scheduler()
         unet = copy.deepcopy(self.ema_unet).to("cpu", memory_format=torch.contiguous_format).eval()
         text_encoder = copy.deepcopy(self.ema_text_encoder).to("cpu").eval()
         return ShapesPipeline(unet, text_encoder, self.tokenizer, scheduler)
@@ -285,21 +308,23 @@ class Trainer:
         """Grid of EMA samples for SAMPLE_PROMPTS into <work>/samples_<step>.png (4x upscaled)."""
         generators = [torch.Generator().manual_seed(i) for i in range(len(SAMPLE_PROMPTS))]
         images = self.ema_pipeline()(SAMPLE_PROMPTS, generators, num_inference_steps=25, guidance_scale=2.0)
-        grid = np.concatenate(list(images), axis=1)  # (32, 8*32, 3)
+        grid = np.concatenate(list(images), axis=1)  # (S, 8*S, 3)
         path = self.args.work / f"samples_{self.step:06d}.png"
         Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(path)
         return path
 
-    def export(self) -> None:
+    def export(self, folder: Path | None = None) -> None:
+        """Write the EMA model (save_shapes_model) into `folder` (default --out) with its recipe and step."""
         meta = {
             "step": self.step,
             "train_minutes": round(self.elapsed_s / 60, 2),
             "train_samples": self.step * self.args.batch,
             "device": str(self.device),
             "vocabulary": list(VOCABULARY),
+            "world": self.world.as_dict(),
             **{k: getattr(self.args, k) for k in RECIPE},
         }
-        save_shapes_model(self.ema_pipeline(), self.args.out, meta)
+        save_shapes_model(self.ema_pipeline(), folder or self.args.out, meta)
 
 
 def launch_seeds(args: argparse.Namespace, argv: list[str]) -> None:
@@ -345,10 +370,11 @@ def main(argv: list[str] | None = None) -> None:
     log(args.work, f"{state} step {trainer.step}, {trainer.elapsed_s / 60:.1f} min; params {n_params} (unet {n_unet}); "
         f"device {trainer.device}, autocast {trainer.autocast_dtype}, channels_last {trainer.channels_last}, "
         f"compile {args.compile}, workers {args.workers}, batch {args.batch}, threads {torch.get_num_threads()}")
-    last_save = last_log = time.time()
+    snapshot_steps = {round(args.steps * (i + 1) / args.snapshots) for i in range(args.snapshots)}
+    started = last_save = last_log = time.time()
     loss_sum, step_at_log = torch.zeros((), device=trainer.device), trainer.step
     batches = iter(trainer.batches())
-    while trainer.step < args.steps and trainer.elapsed_s < 60 * args.minutes:
+    while trainer.step < args.steps and time.time() - started < 60 * args.minutes:
         t0 = time.time()
         loss_sum += trainer.train_step(next(batches))
         trainer.elapsed_s += time.time() - t0
@@ -360,17 +386,21 @@ def main(argv: list[str] | None = None) -> None:
                 f"{n * args.batch / (now - last_log):.0f} samples/s elapsed {trainer.elapsed_s / 60:.1f} min")
             loss_sum.zero_()
             last_log, step_at_log = now, trainer.step
+        if trainer.step in snapshot_steps:
+            trainer.export(args.work / "snapshots" / f"step_{trainer.step:06d}")
         if time.time() - last_save > 60 * args.checkpoint_minutes:
             trainer.save()
             samples = "" if args.no_samples else f"; samples {trainer.write_samples()}"
             log(args.work, f"checkpoint step {trainer.step}{samples}")
             last_save = time.time()
     trainer.save()
+    if trainer.step < args.steps:
+        log(args.work, f"stopped at step {trainer.step} of {args.steps} (--minutes {args.minutes}): rerun to resume")
+        return
     samples = "" if args.no_samples else f"; samples {trainer.write_samples()}"
-    log(args.work, f"finished at step {trainer.step}{samples}")
+    log(args.work, f"finished at step {trainer.step} ({trainer.elapsed_s / 60:.1f} min of steps){samples}")
     trainer.export()
     log(args.work, f"exported EMA of step {trainer.step} to {args.out}")
-
 
 if __name__ == "__main__":
     main()

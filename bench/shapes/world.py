@@ -6,12 +6,17 @@ antialiasing): an object's pixels carry exactly its palette colour and the masks
 
 Splits: scene ``i`` of a split is drawn from ``numpy.random.default_rng((SPLIT_SEEDS[split], i))``;
 train (0) and eval (1) seed streams are disjoint. (colour, shape) combinations are not held out.
+
+A `World` is the geometry (image side, object sides); a trained model records the world it was trained on in its
+shapes_model.json (`load_world`), so its eval set and fidelity checks render the same world.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -29,10 +34,47 @@ VOCABULARY: tuple[str, ...] = COLOURS + SHAPES
 BACKGROUND: tuple[int, int, int] = (0, 0, 0)
 SPLIT_SEEDS: dict[str, int] = {"train": 0, "eval": 1}
 
-MIN_SIZE, MAX_SIZE = 0.28, 0.5  # object side / image side
 MIN_VISIBLE = 0.6  # fraction of an object's own area that must stay visible
 CROSS_ARM = 1 / 3  # cross arm width / object side
 COLOUR_MAX_DIST = 160.0  # colour_mask: max RGB distance to the palette value
+
+
+@dataclass(frozen=True)
+class World:
+    """A shapes world's geometry: the image side in pixels and the range of object sides as fractions of it."""
+
+    size: int = 32
+    min_size: float = 0.28
+    max_size: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.size < 8 or self.size % 4:
+            raise ValueError(f"world size must be a multiple of 4 and >= 8 px, got {self.size}")
+        if not 0 < self.min_size <= self.max_size < 1:
+            raise ValueError(f"object sizes need 0 < min_size <= max_size < 1, got {self.min_size}, {self.max_size}")
+
+    def area_range(self) -> tuple[float, float]:
+        """Plausible visible area of one object as a fraction of the image (generated-mode fidelity): half the
+        smallest visible triangle, 1.5x the largest square."""
+        return 0.5 * MIN_VISIBLE * self.min_size**2 * 0.5, 1.5 * self.max_size**2
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+WORLD = World()  # the shipped model's world
+
+
+def load_world(model_folder: str | Path) -> World:
+    """The world a shapes model was trained on, from its shapes_model.json."""
+    meta_path = Path(model_folder) / "shapes_model.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"no shapes model at {model_folder}: run `make train-shapes` to train one")
+    meta = json.loads(meta_path.read_text())
+    if "world" not in meta:
+        raise ValueError(f"{meta_path} names no world (a model from an older trainer): retrain it with "
+                         "`make train-shapes`")
+    return World(**meta["world"])
 
 
 @dataclass(frozen=True)
@@ -95,11 +137,11 @@ def render(scene: Scene, size: int = 32) -> tuple[np.ndarray, dict[str, np.ndarr
     return image, masks
 
 
-def sample_scene(rng: np.random.Generator, n_objects: int | None = None, size: int = 32) -> Scene:
+def sample_scene(rng: np.random.Generator, n_objects: int | None = None, world: World = WORLD) -> Scene:
     """Random scene of n_objects (default: uniform in 1..3) with distinct shapes and colours.
 
     Positions and sizes are resampled until every object keeps >= MIN_VISIBLE of its area
-    (measured at the given render size).
+    (measured at the world's image size).
     """
     if n_objects is None:
         n_objects = int(rng.integers(1, 4))
@@ -110,18 +152,18 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, size: i
     while True:
         objects = []
         for s, c in zip(shapes, colours):
-            side = float(rng.uniform(MIN_SIZE, MAX_SIZE))
+            side = float(rng.uniform(world.min_size, world.max_size))
             centre = (float(rng.uniform(side / 2, 1 - side / 2)), float(rng.uniform(side / 2, 1 - side / 2)))
             objects.append(SceneObject(SHAPES[s], COLOURS[c], centre, side))
         scene = Scene(tuple(objects))
-        visible = visible_masks(scene, size)
-        if all(v.sum() >= MIN_VISIBLE * shape_mask(o, size).sum() for o, v in zip(objects, visible)):
+        visible = visible_masks(scene, world.size)
+        if all(v.sum() >= MIN_VISIBLE * shape_mask(o, world.size).sum() for o, v in zip(objects, visible)):
             return scene
 
 
-def split_scene(split: str, index: int, size: int = 32) -> Scene:
-    """Scene ``index`` of the 'train' or 'eval' split (disjoint seed streams)."""
-    return sample_scene(np.random.default_rng((SPLIT_SEEDS[split], index)), size=size)
+def split_scene(split: str, index: int, world: World = WORLD) -> Scene:
+    """Scene ``index`` of the 'train' or 'eval' split of `world` (disjoint seed streams)."""
+    return sample_scene(np.random.default_rng((SPLIT_SEEDS[split], index)), world=world)
 
 
 def caption(scene: Scene) -> tuple[str, list[str]]:
