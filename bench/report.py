@@ -3,7 +3,9 @@
 One summary row per group (a sweep's config columns `by`, method, variant, tau):
 - `mIoU`: mean IoU over the scored (sample, word) pairs; `std_seeds`: std (ddof 1) of the per-seed mIoU;
 - `ci95_lo`, `ci95_hi`: 95% bootstrap CI of the mIoU resampling prompts (each prompt with all its pairs;
-  `scipy.stats.bootstrap`, BCa);
+  `scipy.stats.bootstrap`, BCa); the resamples are drawn from a generator seeded by the row's own prompt ids (and
+  `seed`), so a row's CI is the same in a job's summary, in a merged sweep and in a rerun, whatever other rows
+  share its table;
 - `diff_vs_<baseline>`: mean paired difference to the baseline (same sample, word, config and tau), its
   prompt-bootstrap CI (`diff_ci95_lo`, `diff_ci95_hi`), and p-values of the Wilcoxon signed-rank test
   (`p_wilcoxon`) and the paired t-test (`p_ttest`) on the per-prompt means of the method vs the baseline;
@@ -18,6 +20,7 @@ CSV (and the figures), the Markdown / LaTeX tables show its best k, and its CIs 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,9 +48,8 @@ def summarise(table: pd.DataFrame, baseline: str = "daam", by: list[str] = (), n
     out["std_seeds"] = ok.groupby(keys + ["seed"], sort=False)["iou"].mean().groupby(level=keys, sort=False).std()
     resamples = pd.Series(n_resamples, index=out.index)
     resamples[out.index.get_level_values("method").isin(curve_methods(table, by))] = curve_resamples
-    rng = np.random.default_rng(seed)
     per_prompt = ok.groupby(keys + ["prompt_id"], sort=False)["iou"].agg(["sum", "count"])
-    ci = _ratio_ci(per_prompt, resamples, rng).reindex(columns=["lo", "hi"])  # no columns when nothing is scored
+    ci = _ratio_ci(per_prompt, resamples, seed).reindex(columns=["lo", "hi"])  # no columns when nothing is scored
     out = out.join(ci.set_axis(["ci95_lo", "ci95_hi"], axis=1))
     out["n_pairs"] = scored.size()
     if "draw" in table.columns:
@@ -70,12 +72,11 @@ def summarise(table: pd.DataFrame, baseline: str = "daam", by: list[str] = (), n
         ["n_pairs", "n_prompts", "n_seeds", "n_excluded"]].fillna(0).astype(int)
     out["excluded_reasons"] = out["excluded_reasons"].fillna("")
     if (ok["method"] == baseline).any():
-        out = out.join(_paired_vs(ok, baseline, keys, resamples, rng))
+        out = out.join(_paired_vs(ok, baseline, keys, resamples, seed))
     return out.reset_index()
 
 
-def _paired_vs(ok: pd.DataFrame, baseline: str, keys: list[str], resamples: pd.Series,
-               rng: np.random.Generator) -> pd.DataFrame:
+def _paired_vs(ok: pd.DataFrame, baseline: str, keys: list[str], resamples: pd.Series, seed: int) -> pd.DataFrame:
     """Paired difference of every non-baseline group to the baseline's rows of the same config and tau."""
     pair_keys = keys[:-3] + ["tau", "sample_id", "word"]
     base = ok[ok["method"] == baseline][pair_keys + ["iou"]].drop_duplicates(pair_keys)
@@ -83,7 +84,7 @@ def _paired_vs(ok: pd.DataFrame, baseline: str, keys: list[str], resamples: pd.S
     pairs["diff"] = pairs["iou"] - pairs["iou_base"]
     out = pairs.groupby(keys, sort=False)["diff"].mean().rename(f"diff_vs_{baseline}").to_frame()
     per_prompt = pairs.groupby(keys + ["prompt_id"], sort=False)
-    ci = _ratio_ci(per_prompt["diff"].agg(["sum", "count"]), resamples, rng)
+    ci = _ratio_ci(per_prompt["diff"].agg(["sum", "count"]), resamples, seed)
     out = out.join(ci.set_axis(["diff_ci95_lo", "diff_ci95_hi"], axis=1))
     method = per_prompt["iou"].mean().unstack("prompt_id")  # (G, P) per-prompt means on the matched pairs
     base_means = per_prompt["iou_base"].mean().unstack("prompt_id").loc[method.index, method.columns]
@@ -100,19 +101,22 @@ def _paired_tests(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
             "p_ttest": scipy.stats.ttest_rel(a, b, axis=-1).pvalue}
 
 
-def _ratio_ci(per_prompt: pd.DataFrame, resamples: pd.Series, rng: np.random.Generator) -> pd.DataFrame:
-    """95% BCa bootstrap CI of sum(sum) / sum(count) over prompts, per group (prompts resampled with their pairs)."""
+def _ratio_ci(per_prompt: pd.DataFrame, resamples: pd.Series, seed: int) -> pd.DataFrame:
+    """95% BCa bootstrap CI of sum(sum) / sum(count) over prompts, per group (prompts resampled with their pairs).
+    Groups with the same prompts share one vectorised call; its generator is seeded by those prompt ids, the
+    number of resamples and `seed` alone, so a group's CI does not depend on the other groups."""
     sums = per_prompt["sum"].unstack("prompt_id")  # (G, P), NaN where a group lacks a prompt
     counts = per_prompt["count"].unstack("prompt_id")
     n_boot = resamples.reindex(sums.index).to_numpy()
     import scipy.stats  # here, not at the top: 1.4 s of import that only the statistics need
 
-    def ci(s: np.ndarray, c: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+    def ci(s: np.ndarray, c: np.ndarray, rows: np.ndarray, prompts: list) -> dict[str, np.ndarray]:
         if s.shape[1] < 2:
             return {"lo": np.full(len(s), np.nan), "hi": np.full(len(s), np.nan)}
         res = scipy.stats.bootstrap((s, c), lambda x, n, axis: x.sum(axis) / n.sum(axis), paired=True,
                                     vectorized=True, axis=-1, n_resamples=int(n_boot[rows[0]]), method="BCa",
-                                    batch=max(1, int(2e7 // s.size)), rng=rng)
+                                    batch=max(1, int(2e7 // s.size)),
+                                    rng=_prompt_rng(prompts, int(n_boot[rows[0]]), seed))
         lo, hi = res.confidence_interval.low, res.confidence_interval.high
         ratio = s / c
         constant = np.all(ratio == ratio[:, :1], axis=1)  # BCa is undefined for identical values: CI = the value
@@ -121,9 +125,16 @@ def _ratio_ci(per_prompt: pd.DataFrame, resamples: pd.Series, rng: np.random.Gen
     return _rowwise(ci, sums, counts, split=n_boot)
 
 
+def _prompt_rng(prompts: list, n_resamples: int, seed: int) -> np.random.Generator:
+    """Generator of one bootstrap call, a function of its prompt ids (in column order), resample count and seed."""
+    key = "\x1f".join(map(str, prompts)) + f"\x1e{n_resamples}\x1e{seed}"
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+
+
 def _rowwise(fn, *frames: pd.DataFrame, split: np.ndarray | None = None) -> pd.DataFrame:
-    """fn(*arrays (g, p)[, rows]) -> {column: (g,)}, called once per set of rows with the same prompts present
-    (and the same `split` value), so every call is one vectorised scipy call without NaN."""
+    """fn(*arrays (g, p)[, rows, prompts]) -> {column: (g,)}, called once per set of rows with the same prompts
+    present (and the same `split` value), so every call is one vectorised scipy call without NaN; with `split`,
+    fn also gets the rows and the present column labels (prompt ids)."""
     present = frames[0].notna().to_numpy()
     sets: dict[tuple, list[int]] = {}
     for i, row in enumerate(present):
@@ -135,7 +146,7 @@ def _rowwise(fn, *frames: pd.DataFrame, split: np.ndarray | None = None) -> pd.D
             rows = np.array(rows)
             cols = present[rows[0]]
             arrays = [f.to_numpy(dtype=float)[rows][:, cols] for f in frames]
-            part = fn(*arrays, rows) if split is not None else fn(*arrays)
+            part = fn(*arrays, rows, list(frames[0].columns[cols])) if split is not None else fn(*arrays)
             for name, values in part.items():
                 result.setdefault(name, np.full(len(present), np.nan))[rows] = values
     return pd.DataFrame(result, index=frames[0].index)
@@ -181,13 +192,14 @@ def display_tables(summary: pd.DataFrame, by: list[str] = (), baseline: str = "d
         labels = ["relevance"] if "relevance" in rows and "relevance" not in by else []
         out = rows[by + KEYS[:2] + labels + KEYS[2:] + ["n_heads"]].copy()
         out["mIoU"] = rows["mIoU"].map("{:.4f}".format)
-        out["95% CI"] = [_interval(lo, hi) for lo, hi in zip(rows["ci95_lo"], rows["ci95_hi"])]
+        out["95% CI"] = [_interval(lo, hi, m) for lo, hi, m in zip(rows["ci95_lo"], rows["ci95_hi"], rows["mIoU"])]
         out["std seeds"] = rows["std_seeds"].map(_num)
         if "std_draws" in rows:
             out["std draws"] = rows["std_draws"].map(_num)
         if diff in rows:
             out[f"Δ {baseline}"] = rows[diff].map(lambda v: _num(v, "{:+.4f}"))
-            out["Δ 95% CI"] = [_interval(lo, hi) for lo, hi in zip(rows["diff_ci95_lo"], rows["diff_ci95_hi"])]
+            out["Δ 95% CI"] = [_interval(lo, hi, d) for lo, hi, d in
+                               zip(rows["diff_ci95_lo"], rows["diff_ci95_hi"], rows[diff])]
             out["p Wilcoxon"] = rows["p_wilcoxon"].map(lambda v: _num(v, "{:.3g}"))
             out["p t-test"] = rows["p_ttest"].map(lambda v: _num(v, "{:.3g}"))
         out["n pairs / prompts / seeds"] = [f"{a} / {b} / {c}" for a, b, c in
@@ -209,8 +221,21 @@ def _num(v: float, pattern: str = "{:.4f}") -> str:
     return "" if pd.isna(v) else pattern.format(v)
 
 
-def _interval(lo: float, hi: float) -> str:
-    return "" if pd.isna(lo) or pd.isna(hi) else f"[{lo:.4f}, {hi:.4f}]"
+def degenerate(estimate: float, lo: float, hi: float) -> str:
+    """Why [lo, hi] is no usable CI of `estimate` ("zero width", "excludes its estimate"), or "" when it is one."""
+    if pd.isna(lo) or pd.isna(hi) or pd.isna(estimate):
+        return ""
+    if hi <= lo:
+        return "zero width"
+    return "" if lo <= estimate <= hi else "excludes its estimate"
+
+
+def _interval(lo: float, hi: float, estimate: float) -> str:
+    """[lo, hi] as printed; a degenerate interval is named as such instead of shown as a CI."""
+    if pd.isna(lo) or pd.isna(hi):
+        return ""
+    flaw = degenerate(estimate, lo, hi)
+    return f"(degenerate CI: {flaw})" if flaw else f"[{lo:.4f}, {hi:.4f}]"
 
 
 def _once(rows: pd.DataFrame, by: list[str]) -> list[tuple[str, pd.Series]]:
@@ -257,9 +282,10 @@ def compact(summary: pd.DataFrame, by: list[str] = (), stats: dict | None = None
     for label, r in _once(rows[~rows["method"].isin(curves)], by):
         at = "" if np.isclose(r["tau"], tau) else f"tau={r['tau']:g}"
         name = " ".join(p for p in (label, r["method"], r["variant"], at) if p)
-        text = f"  {name}".ljust(40) + f" {r['mIoU']:.4f} {_interval(r['ci95_lo'], r['ci95_hi'])}"
+        text = f"  {name}".ljust(40) + f" {r['mIoU']:.4f} {_interval(r['ci95_lo'], r['ci95_hi'], r['mIoU'])}"
         if not pd.isna(r.get("diff_vs_daam", np.nan)):
-            text += (f"  Δ {r['diff_vs_daam']:+.4f} {_interval(r['diff_ci95_lo'], r['diff_ci95_hi'])} "
+            text += (f"  Δ {r['diff_vs_daam']:+.4f} "
+                     f"{_interval(r['diff_ci95_lo'], r['diff_ci95_hi'], r['diff_vs_daam'])} "
                      f"p={_num(r['p_wilcoxon'], '{:.3g}')}")
         lines.append(text + f"  n={r['n_pairs']}" + (f" ({r['n_excluded']} excluded)" if r["n_excluded"] else ""))
     for _, grp in rows[rows["method"].isin(curves)].groupby(by + ["method"], sort=False):

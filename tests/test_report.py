@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 from helpers import curve_table, sweep_summary, synthetic_table
 
-from bench.report import compact, curve_methods, summarise, write_summary
+from bench.report import compact, curve_methods, degenerate, summarise, write_summary
 
 
 def percentile_bootstrap(per_prompt_sum: np.ndarray, per_prompt_n: np.ndarray, n: int = 4000) -> tuple:
@@ -71,6 +71,36 @@ def test_summary_pairs_within_sweep_config_and_counts_draws():
                 for d in range(3)]
     assert row["std_draws"] == pytest.approx(np.std(per_draw, ddof=1)) and row["n_draws"] == 3
     assert row["n_pairs"] == (one[(one.variant == "k=10") & one.excluded.isna()]).shape[0]
+
+
+def test_a_rows_ci_is_the_same_in_a_job_a_merge_and_a_rerun():
+    """Each row's bootstrap draws from a generator of its own prompts: removing or adding other rows (another
+    method, another config of a merged sweep with other prompts) changes no CI, and a rerun repeats it exactly."""
+    table = synthetic_table()
+    cols = ["ci95_lo", "ci95_hi", "diff_ci95_lo", "diff_ci95_hi"]
+    job = summarise(table).set_index(["method", "variant", "tau"])
+    fewer = summarise(table[table.variant != "k=20"]).set_index(["method", "variant", "tau"])
+    other = synthetic_table(n_prompts=12, seed=5)  # another config: other prompts and values
+    merged = summarise(pd.concat([table.assign(blocks="a"), other.assign(blocks="b")]), by=["blocks"])
+    merged = merged.set_index(["blocks", "method", "variant", "tau"]).loc["a"]
+    for key in (("daam", "all", 0.4), ("selective", "k=10", 0.5)):
+        expected = job.loc[key, cols].to_numpy(float)
+        for view in (fewer, merged, summarise(table).set_index(["method", "variant", "tau"])):
+            np.testing.assert_array_equal(view.loc[key, cols].to_numpy(float), expected)
+    assert job.loc[("selective", "k=10", 0.5), "ci95_lo"] != summarise(table, seed=1).set_index(
+        ["method", "variant", "tau"]).loc[("selective", "k=10", 0.5), "ci95_lo"]  # the seed still matters
+
+
+def test_degenerate_intervals_are_named_not_printed_as_cis(tmp_path):
+    assert degenerate(0.5, 0.4, 0.6) == "" and degenerate(0.945, 0.947, 0.947) == "zero width"
+    assert degenerate(0.945, 0.946, 0.95) == "excludes its estimate" and degenerate(0.5, np.nan, np.nan) == ""
+    table = synthetic_table(n_prompts=6, taus=(0.4,))
+    table.loc[table.method == "daam", "iou"] = 0.5  # the same IoU on every prompt: nothing for a bootstrap to vary
+    summary = summarise(table)
+    daam = next(line for line in compact(summary).splitlines() if " daam all" in line)
+    assert "(degenerate CI: zero width)" in daam and "[0.5000, 0.5000]" not in daam
+    md = write_summary(summary, tmp_path, ["# test run"])
+    assert "(degenerate CI: zero width)" in md
 
 
 # --- tables ------------------------------------------------------------------------------------------------

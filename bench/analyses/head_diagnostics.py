@@ -30,6 +30,7 @@ from bench.cache import write_atomic
 from bench.heads import HeadIndex
 from bench.prompts import PromptRow
 from bench.relevance import OracleRelevance, RandomRelevance, Relevance, RelevancePart, head_ious
+from bench.report import degenerate
 from bench.samples import Sample
 from bench.store import GenerateStore, MaskStore
 
@@ -156,6 +157,7 @@ class HeadDiagnostics(Analysis):
                 lo, hi = bias_corrected_interval(rho[0], rho[1:])
                 top, everyone = self._top_iou(parts, ious, heads)
                 rows.append({"source": label, "group": group, "rho": rho[0], "ci95_lo": lo, "ci95_hi": hi,
+                             "ci95_flag": degenerate(rho[0], lo, hi),
                              f"iou_top{self.top_k}": top, "iou_all_heads": everyone, "n_heads": len(heads),
                              "n_pairs": len(np.unique(np.concatenate([r for p in parts for r in p.pair_rows]))),
                              "n_parts": len(parts),
@@ -171,7 +173,8 @@ class HeadDiagnostics(Analysis):
                   f"- iou_top{self.top_k}: mean single-head IoU of the source's top {self.top_k} heads; "
                   "iou_all_heads: of all heads in the group; n_pairs: distinct (sample, word) pairs; n_parts: the "
                   "source's folds or draws; the CI resamples prompts only (random: its fixed draws, so a draw's chance "
-                  "correlation with IoU is not averaged away)",
+                  "correlation with IoU is not averaged away); ci95_flag names a degenerate interval (zero width, or "
+                  "one that excludes its rho): no usable CI",
                   *(f"- {s.label()}: {s.describe()}" for s in self.sources(relevance))]
         md = "\n".join(header) + "\n\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n"
         (run_dir / "head_diagnostics.md").write_text(md)
