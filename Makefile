@@ -10,7 +10,7 @@ DIR ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-gsam test-slow smoke run bench train-shapes report bench-kcurve lint clean-cache perf gpu-wheels gpu-check gpu-train-shapes
+.PHONY: help setup test test-gsam test-slow smoke run bench train-shapes train-shapes-all report bench-kcurve lint clean-cache perf gpu-wheels gpu-check gpu-train-shapes
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -57,9 +57,15 @@ bench:  ## full sweep of each experiment in EXP (default: the shapes world, both
 	@for exp in $(EXP); do $(PY) -m bench -m experiment=$$exp $(ARGS) || exit 1; done
 	@case "$(EXP)" in *shapes*) $(PY) -m bench.shapes.headline results/reference/shapes_world.json;; esac
 
-SHAPES_STEPS ?= 8000
-train-shapes:  ## retrain the shapes-world model: SHAPES_STEPS steps, step-based schedule, resumable (rerun continues) -> data/shapes/model
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m bench.shapes.train --out data/shapes/model --work .cache/shapes_train --steps $(SHAPES_STEPS) --minutes 1000000
+SEED ?= 0
+SHAPES_STEPS ?= 6000
+train-shapes:  ## retrain shipped shapes model SEED (0, 1 or 2) with the shipped recipe: SHAPES_STEPS steps, 1 thread, resumable -> data/shapes/models/seed_$(SEED)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m bench.shapes.train --seed $(SEED) --steps $(SHAPES_STEPS) --snapshots 6 \
+	  --out data/shapes/models/seed_$(SEED) --work .cache/shapes_train/seed_$(SEED)
+
+train-shapes-all:  ## retrain the three shipped seeds at once (one process of 1 thread each) -> data/shapes/models/seed_{0,1,2}
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m bench.shapes.train --seeds 0 1 2 --steps $(SHAPES_STEPS) --snapshots 6 \
+	  --out data/shapes/models --work .cache/shapes_train
 
 report:  ## merge a finished sweep DIR=results/runs/multirun_... (or re-report one run) into one table, summary, figures
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep or run directory>"; exit 2; }

@@ -1,10 +1,10 @@
 """How faithfully a shapes model draws eval-split captions (colour segmenter + shape check).
 
-    .venv/bin/python scripts/shapes_fidelity.py data/shapes/model --n 64
+    .venv/bin/python scripts/shapes_fidelity.py data/shapes/models/seed_0 --n 64 --grid seed_0.png
 
-Per prompted object: present = its colour covers >= MIN_PIXELS pixels; shape_ok = present and
-classify_shape of that colour's mask is the prompted shape. extra = an unprompted palette colour
-covers >= MIN_PIXELS pixels.
+Scenes and shapes are those of the world the model was trained on (its shapes_model.json). Per prompted object:
+present = its colour covers >= MIN_PIXELS pixels; shape_ok = present and classify_shape of that colour's mask is
+the prompted shape. extra = an unprompted palette colour covers >= MIN_PIXELS pixels.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from bench.shapes.pipeline import load_shapes_pipeline
-from bench.shapes.world import COLOURS, caption, classify_shape, colour_mask, split_scene
+from bench.shapes.world import COLOURS, caption, classify_shape, colour_mask, load_world, split_scene
 
 MIN_PIXELS = 12
 
@@ -33,10 +33,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     pipe = load_shapes_pipeline(args.model)
-    scenes = [split_scene("eval", i) for i in range(args.n)]
+    world = load_world(args.model)
+    scenes = [split_scene("eval", i, world) for i in range(args.n)]
     prompts = [caption(s)[0] for s in scenes]
     generators = [torch.Generator().manual_seed(i) for i in range(args.n)]
-    images = pipe(prompts, generators, args.steps, args.guidance)  # (N, 32, 32, 3)
+    images = pipe(prompts, generators, args.steps, args.guidance)  # (N, S, S, 3)
     present = shape_ok = n_objects = extra = 0
     for scene, image in zip(scenes, images):
         prompted = {obj.colour for obj in scene.objects}
@@ -45,7 +46,7 @@ def main() -> None:
             n_objects += 1
             if mask.sum() >= MIN_PIXELS:
                 present += 1
-                shape_ok += classify_shape(mask) == obj.shape
+                shape_ok += classify_shape(mask, world.shapes) == obj.shape
         extra += any(colour_mask(image, c).sum() >= MIN_PIXELS for c in COLOURS if c not in prompted)
     print(f"{args.model}: {args.n} images, {n_objects} objects, guidance {args.guidance}")
     print(f"present {present / n_objects:.3f}  shape_ok {shape_ok / n_objects:.3f}  "

@@ -1,6 +1,6 @@
-"""Training speed of shapes-world recipes on this machine: samples/s of whole optimizer steps (UNet + text encoder
-forward, backward, clipping, AdamW, EMA) of `bench.shapes.train.Trainer`, each variant in its own process(es), the
-median over timed steps after warm-up, on a pre-rendered batch (rendering is timed apart).
+"""Training speed of shapes-world recipes on this machine: samples/s of whole optimizer steps (UNet and text encoder
+forward, backward of what is trained, clipping, AdamW, EMA) of `bench.shapes.train.Trainer`, each variant in its
+own process(es), the median over timed steps after warm-up, on a pre-rendered batch (rendering is timed apart).
 
     python scripts/shapes_train_speed.py [--steps 6] [--only NAME ...] [--compile]   # -> Markdown on stdout
 
@@ -20,26 +20,31 @@ import time
 
 import numpy as np
 
-#: name -> (trainer flags, threads per process, processes at once)
-SMALL = ["--channels", "16", "32", "32", "--attn-resolutions", "16", "8", "--batch", "32"]
+#: name -> (trainer flags, threads per process, processes at once). OLD is the world and recipe before the study
+#: (32 px, circle / square / triangle / cross, 77-token captions, self-attention, a trained text encoder) at the
+#: small widths; the shipped recipe is the trainer's defaults.
+OLD = ["--image-size", "32", "--object-size", "0.28", "0.5", "--shapes", "circle", "square", "triangle", "cross",
+       "--text-tokens", "77", "--self-attention", "on", "--text-encoder", "train", "--channels", "16", "32", "32",
+       "--attn-resolutions", "16", "8", "--batch", "32"]
 VARIANTS: dict[str, tuple[list[str], int, int]] = {
-    "shipped widths 32/64/64, 1 x 1 thread": (["--channels", "32", "64", "64", "--batch", "32"], 1, 1),
-    "shipped widths 32/64/64, 1 x 2 threads": (["--channels", "32", "64", "64", "--batch", "32"], 2, 1),
-    "16/32/32, 1 x 1 thread": (SMALL, 1, 1),
-    "16/32/32, 1 x 2 threads": (SMALL, 2, 1),
-    "16/32/32, 2 x 1 thread": (SMALL, 1, 2),
-    "16/32/32, batch 16": (SMALL + ["--batch", "16"], 1, 1),
-    "16/32/32, batch 64": (SMALL + ["--batch", "64"], 1, 1),
-    "16/32/32, batch 128": (SMALL + ["--batch", "128"], 1, 1),
-    "16/32/32, channels_last": (SMALL + ["--channels-last", "on"], 1, 1),
-    "16/32/32, bf16 autocast": (SMALL + ["--precision", "bf16"], 1, 1),
-    "16/32/32, captions of 16 tokens": (SMALL + ["--text-tokens", "16"], 1, 1),
-    "16/32/32, cross-attention at 8 px only": (SMALL + ["--attn-resolutions", "8"], 1, 1),
-    "16/32/32, 2 heads": (SMALL + ["--heads", "2"], 1, 1),
-    "16/32/32, 24 px world (attention 12, 6)": (SMALL + ["--image-size", "24", "--attn-resolutions", "12", "6"], 1, 1),
-    "16/32/32, 16 px world (attention 8, 4)": (SMALL + ["--image-size", "16", "--attn-resolutions", "8", "4"], 1, 1),
+    "old world, widths 32/64/64, 1 x 1 thread": (OLD + ["--channels", "32", "64", "64"], 1, 1),
+    "old world, 16/32/32, 1 x 1 thread": (OLD, 1, 1),
+    "old world, 16/32/32, 1 x 2 threads": (OLD, 2, 1),
+    "old world, 16/32/32, 2 x 1 thread": (OLD, 1, 2),
+    "old world, batch 16": (OLD + ["--batch", "16"], 1, 1),
+    "old world, batch 64": (OLD + ["--batch", "64"], 1, 1),
+    "old world, batch 128": (OLD + ["--batch", "128"], 1, 1),
+    "old world, channels_last": (OLD + ["--channels-last", "on"], 1, 1),
+    "old world, bf16 autocast": (OLD + ["--precision", "bf16"], 1, 1),
+    "old world, captions of 16 tokens": (OLD + ["--text-tokens", "16"], 1, 1),
+    "old world, no self-attention": (OLD + ["--self-attention", "off"], 1, 1),
+    "old world, frozen text encoder": (OLD + ["--text-encoder", "frozen"], 1, 1),
+    "old world at 24 px (attention 12, 6)": (OLD + ["--image-size", "24", "--attn-resolutions", "12", "6"], 1, 1),
+    "shipped recipe (defaults), 1 x 1 thread": ([], 1, 1),
+    "shipped recipe (defaults), 1 x 2 threads": ([], 2, 1),
+    "shipped recipe (defaults), 2 x 1 thread": ([], 1, 2),
 }
-COMPILED = {"16/32/32, torch.compile": (SMALL + ["--compile"], 1, 1)}
+COMPILED = {"shipped recipe, torch.compile": (["--compile"], 1, 1)}
 
 
 def measure(flags: list[str], steps: int) -> dict:

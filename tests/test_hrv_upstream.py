@@ -25,7 +25,7 @@ from bench import hrv
 from bench.cache import StageStore
 from bench.prompts import load_prompt_set
 
-SHAPES_MODEL = Path(__file__).resolve().parents[1] / "data" / "shapes" / "model"
+SHAPES_MODEL = Path(__file__).resolve().parents[1] / "data" / "shapes" / "models" / "seed_0"
 
 
 class UpstreamReference:

@@ -19,7 +19,7 @@ from bench.run import build, run
 
 CONF = REPO / "conf"
 GROUPS = ["model", "dataset", "segmenter", "relevance", "method", "eval", "logger", "paths"]
-OFFLINE_MODELS = {"tiny_sdxl", "shapes"}  # shapes: the shipped checkpoint in data/shapes/model
+OFFLINE_MODELS = {"tiny_sdxl", "shapes"}  # shapes: the shipped checkpoint in data/shapes/models/seed_0
 FULL_SIZE_RANDOM = {"sdxl_random"}  # built offline but 2.6B parameters: composed here, run by `make perf`
 
 

@@ -13,9 +13,9 @@ from helpers import REPO
 from bench.evaluate import CentredDisc, Context, OtherWord
 from bench.shapes.evalset import write_eval_set
 from bench.shapes.pseudo_gt import ColourSegmenter, fidelity
-from bench.shapes.world import SHAPES, World, caption, load_world, render, split_scene
+from bench.shapes.world import SHAPES, WORLD, World, caption, load_world, render, split_scene
 
-SHIPPED = REPO / "data" / "shapes" / "model"
+SHIPPED = REPO / "data" / "shapes" / "models" / "seed_0"
 
 
 def test_eval_set_rows_carry_exact_masks(tmp_path):
@@ -34,12 +34,12 @@ def test_eval_set_rows_carry_exact_masks(tmp_path):
 def test_eval_set_renders_the_world_its_model_was_trained_on(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
-    world = World(24, 0.35, 0.6)
+    world = World(32, 0.28, 0.5, ("circle", "square", "triangle", "cross"))
     (model / "shapes_model.json").write_text(json.dumps({"world": world.as_dict()}))
     path = Path(write_eval_set(str(tmp_path / "sets"), n_scenes=3, model=str(model)))
     row = json.loads(path.read_text().splitlines()[2])
     assert np.array_equal(np.asarray(PIL.Image.open(path.parent / row["image"])),
-                          render(split_scene("eval", 2, world), 24)[0])
+                          render(split_scene("eval", 2, world), 32)[0])
     assert split_scene("eval", 2, world) != split_scene("eval", 2)  # other sizes than the default world
     (model / "shapes_model.json").write_text("{}")
     with pytest.raises(ValueError, match="names no world.*retrain"):
@@ -49,11 +49,12 @@ def test_eval_set_renders_the_world_its_model_was_trained_on(tmp_path):
 def test_fidelity_accepts_renders_and_rejects_wrong_drawings():
     scenes = [split_scene("eval", i) for i in range(40)]
     assert all(fidelity(PIL.Image.fromarray(render(s)[0]), caption(s)[0])["faithful"] for s in scenes)
-    blank = PIL.Image.new("RGB", (32, 32))
-    assert not fidelity(blank, "a red circle")["faithful"]
-    square = np.zeros((32, 32, 3), np.uint8)
-    square[8:24, 8:24] = (255, 0, 0)
-    assert not fidelity(PIL.Image.fromarray(square), "a red circle")["faithful"]  # right colour, wrong shape
+    blank = PIL.Image.new("RGB", (WORLD.size, WORLD.size))
+    assert not fidelity(blank, "a red triangle")["faithful"]
+    square = np.zeros((WORLD.size, WORLD.size, 3), np.uint8)
+    square[6:18, 6:18] = (255, 0, 0)
+    assert fidelity(PIL.Image.fromarray(square), "a red square")["faithful"]
+    assert not fidelity(PIL.Image.fromarray(square), "a red triangle")["faithful"]  # right colour, wrong shape
 
 
 def test_colour_segmenter_pairs_shape_with_its_colour():

@@ -6,13 +6,14 @@ import json
 
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 from torch.utils.data import DataLoader
 
 from bench.shapes.pipeline import load_shapes_pipeline, unet_config
 from bench.shapes.train import SceneBatches, Trainer, learning_rate, main, parse_args
 from bench.shapes.world import World, caption, load_world, render, split_scene
 
-TINY = ["--channels", "16", "32", "--attn-resolutions", "16", "--batch", "4", "--warmup", "2", "--device", "cpu",
+TINY = ["--channels", "16", "32", "--attn-resolutions", "12", "--batch", "4", "--warmup", "2", "--device", "cpu",
         "--steps", "10"]
 
 
@@ -79,21 +80,22 @@ def test_resume_with_another_recipe_is_refused(tmp_path):
 
 def test_train_and_export_end_to_end(tmp_path):
     main([*TINY, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "model"), "--steps", "4",
-          "--no-samples", "--log-every", "1", "--snapshots", "2", "--image-size", "24", "--object-size", "0.3", "0.6",
-          "--text-tokens", "16", "--attn-resolutions", "12", "--prediction", "v_prediction"])
+          "--no-samples", "--log-every", "1", "--snapshots", "2", "--image-size", "32", "--object-size", "0.3", "0.6",
+          "--shapes", "circle", "square", "cross", "--text-tokens", "14", "--attn-resolutions", "16",
+          "--self-attention", "on"])
     meta = json.loads((tmp_path / "model" / "shapes_model.json").read_text())
     assert meta["step"] == 4 and meta["train_samples"] == 16 and meta["channels"] == [16, 32]
-    assert load_world(tmp_path / "model") == World(24, 0.3, 0.6)
+    assert load_world(tmp_path / "model") == World(32, 0.3, 0.6, ("circle", "square", "cross"))
     unet = json.loads((tmp_path / "model" / "unet" / "config.json").read_text())
-    assert unet["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D"] and unet["sample_size"] == 24
+    assert unet["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D"] and unet["sample_size"] == 32
     snapshots = sorted(p.name for p in (tmp_path / "work" / "snapshots").iterdir())
     assert snapshots == ["step_000002", "step_000004"]
     assert json.loads((tmp_path / "work" / "snapshots" / "step_000002" / "shapes_model.json").read_text())["step"] == 2
     pipe = load_shapes_pipeline(tmp_path / "model")
     assert pipe.scheduler.config.prediction_type == "v_prediction"
-    assert pipe.token_ids(["a red circle"]).shape == (1, 16)
+    assert pipe.token_ids(["a red circle"]).shape == (1, 14)
     image = pipe(["a red circle"], torch.Generator().manual_seed(0), num_inference_steps=2)
-    assert image.shape == (1, 24, 24, 3)
+    assert image.shape == (1, 32, 32, 3)
 
 
 def test_time_box_stops_and_resumes_without_changing_the_schedule(tmp_path):
@@ -107,19 +109,54 @@ def test_time_box_stops_and_resumes_without_changing_the_schedule(tmp_path):
         0.1 * schedule.lr)  # warmup, then the cosine ends at 10% of lr at --steps, whatever the wall time
 
 
-def test_v_prediction_loss_is_zero_for_the_exact_v(tmp_path, monkeypatch):
-    trainer = Trainer(args_for(tmp_path, "--prediction", "v_prediction", "--loss-weight", "min_snr"))
+@pytest.mark.parametrize("weight", ["uniform", "min_snr", "x0"])
+def test_v_prediction_loss_is_zero_for_the_exact_v(tmp_path, monkeypatch, weight):
+    trainer = Trainer(args_for(tmp_path, "--prediction", "v_prediction", "--loss-weight", weight))
     batch = SceneBatches(4, 0, 0.0, 1000)[0]
     t = batch["t"]
     exact_v = (trainer.sqrt_a[t, None, None, None] * batch["noise"]
                - trainer.sqrt_1ma[t, None, None, None] * batch["x0"])  # (B, 3, S, S)
-
-    class Exact(torch.nn.Module):
-        def forward(self, *args, **kwargs):
-            return type("Out", (), {"sample": exact_v + 0 * sum(p.sum() for p in trainer.unet.parameters())})()
-
-    monkeypatch.setattr(trainer, "forward_unet", Exact())
+    monkeypatch.setattr(trainer, "forward_unet", predicting(trainer, exact_v))
     assert trainer.train_step(batch).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_x0_weight_is_the_image_space_error(tmp_path, monkeypatch):
+    """--loss-weight x0: the loss of a v prediction equals the MSE of the x0 it implies."""
+    trainer = Trainer(args_for(tmp_path, "--prediction", "v_prediction", "--loss-weight", "x0"))
+    batch = SceneBatches(4, 0, 0.0, 1000)[0]
+    t, noise, x0 = batch["t"], batch["noise"], batch["x0"]
+    a, s = trainer.sqrt_a[t, None, None, None], trainer.sqrt_1ma[t, None, None, None]
+    predicted_v = a * noise - s * x0 + 0.1 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    xt = a * x0 + s * noise
+    implied_x0 = a * xt - s * predicted_v  # (B, 3, S, S)
+    monkeypatch.setattr(trainer, "forward_unet", predicting(trainer, predicted_v))
+    expected = ((implied_x0 - x0) ** 2).mean((1, 2, 3)).mean()
+    assert trainer.train_step(batch).item() == pytest.approx(expected.item(), rel=1e-4)
+    with pytest.raises(SystemExit):
+        args_for(tmp_path, "--prediction", "epsilon", "--loss-weight", "x0")
+
+
+def predicting(trainer: Trainer, output: torch.Tensor) -> torch.nn.Module:
+    """A stand-in UNet returning `output`, with a zero-valued path to the parameters so backward runs."""
+    class Fixed(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            return type("Out", (), {"sample": output + 0 * sum(p.sum() for p in trainer.unet.parameters())})()
+
+    return Fixed()
+
+
+def test_frozen_text_encoder_keeps_its_seeded_initialisation(tmp_path):
+    frozen = Trainer(args_for(tmp_path / "a"))  # --text-encoder frozen is the default
+    initial = {k: v.clone() for k, v in frozen.text_encoder.state_dict().items()}
+    run_steps(frozen, 2)
+    for key, value in frozen.text_encoder.state_dict().items():
+        assert torch.equal(value, initial[key]) and torch.equal(frozen.ema_text_encoder.state_dict()[key], value)
+    assert not any(p is q for p in frozen.params for q in frozen.text_encoder.parameters())
+    trained = Trainer(args_for(tmp_path / "b", "--text-encoder", "train"))
+    run_steps(trained, 2)
+    changed = [not torch.equal(v, initial[k]) for k, v in trained.text_encoder.state_dict().items()
+               if k in initial]
+    assert any(changed)  # same seed, same init: only training moved it
 
 
 def test_unet_config_and_model_size_errors(tmp_path):
@@ -127,5 +164,36 @@ def test_unet_config_and_model_size_errors(tmp_path):
                                                                    "CrossAttnUpBlock2D")
     with pytest.raises(ValueError, match="not block resolutions"):
         unet_config((32, 64), (8,))
+    pooled = UNet2DConditionModel(**unet_config((16, 32), (12,), size=24, text_pooling=True)).eval()
+    x, t = torch.randn(1, 3, 24, 24), torch.tensor([900])
+    captions = torch.randn(2, 1, 16, 64).unbind()
+    with torch.no_grad():  # the pooled caption reaches the output even where cross-attention adds nothing
+        for module in pooled.modules():
+            if type(module).__name__ == "Attention" and module.is_cross_attention:
+                module.set_processor(ZeroCrossAttention())
+        a, b = (pooled(x, t, encoder_hidden_states=c).sample for c in captions)
+    assert not torch.allclose(a, b)
     with pytest.raises(ValueError, match="over the 20 MB"):
         Trainer(args_for(tmp_path, "--channels", "256", "256", "--layers-per-block", "2"))
+
+
+class ZeroCrossAttention:
+    def __call__(self, attn, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+
+def test_disabled_self_attention_is_a_zero_residual_under_the_standard_processor(tmp_path):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    trainer = Trainer(args_for(tmp_path))  # self-attention off is the default
+    run_steps(trainer, 2)
+    attn1 = [m for n, m in trainer.unet.named_modules() if n.endswith(".attn1")]
+    assert attn1 and all(not p.requires_grad and not p.any() for m in attn1 for p in m.to_out[0].parameters())
+    x, t = torch.randn(2, 3, 24, 24), torch.tensor([10, 700])
+    embeds = torch.randn(2, 16, 64)
+    with torch.no_grad():
+        skipped = trainer.unet(x, t, encoder_hidden_states=embeds).sample
+        for module in attn1:
+            module.set_processor(AttnProcessor2_0())  # what a plain diffusers load of the exported model runs
+        standard = trainer.unet(x, t, encoder_hidden_states=embeds).sample
+    assert torch.equal(skipped, standard)

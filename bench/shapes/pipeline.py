@@ -25,10 +25,13 @@ NUM_HEADS = 4
 
 
 def unet_config(channels: tuple[int, ...] = (32, 64, 64), attn_resolutions: tuple[int, ...] = (16, 8),
-                layers_per_block: int = 1, heads: int = NUM_HEADS, size: int = 32) -> dict:
+                layers_per_block: int = 1, heads: int = NUM_HEADS, size: int = 32,
+                text_pooling: bool = False) -> dict:
     """UNet2DConditionModel config for `size` px images: one block per entry of `channels` (block i works at
     size / 2**i px); a block has cross-attention when its resolution is in `attn_resolutions`; the mid block
-    always does."""
+    always does. `text_pooling` adds an attention-pooled caption embedding to the timestep embedding (diffusers'
+    addition_embed_type "text"), so every ResNet block is conditioned on the whole caption, as SDXL's pooled text
+    embedding conditions it; the word-level path stays cross-attention."""
     sides = [size // 2**i for i in range(len(channels))]
     unknown = sorted(set(attn_resolutions) - set(sides))
     if unknown:
@@ -46,6 +49,7 @@ def unet_config(channels: tuple[int, ...] = (32, 64, 64), attn_resolutions: tupl
         "attention_head_dim": heads,  # diffusers reads this as the number of heads (issue #2011)
         "cross_attention_dim": TEXT_DIM,
         "norm_num_groups": 16,
+        **({"addition_embed_type": "text", "addition_embed_type_num_heads": heads} if text_pooling else {}),
     }
 
 

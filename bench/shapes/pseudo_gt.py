@@ -51,6 +51,6 @@ def fidelity(image: PIL.Image.Image, prompt: str, world: World = WORLD) -> dict:
         area = mask.mean()
         checks.append({"colour": colour, "shape": shape, "area": float(area),
                        "area_ok": bool(min_area <= area <= max_area),
-                       "shape_ok": classify_shape(mask) == shape})
+                       "shape_ok": classify_shape(mask, world.shapes) == shape})
     faithful = all(c["area_ok"] for c in checks) and checks[-1]["shape_ok"]
     return {"objects": checks, "faithful": faithful}

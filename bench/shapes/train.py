@@ -1,6 +1,6 @@
 """Seeded, resumable training of the shapes-world diffusion model on freshly rendered train scenes, on any device.
 
-    python -m bench.shapes.train --out data/shapes/model --work .cache/shapes_train --steps 1600
+    python -m bench.shapes.train --seed 0 --steps 4000 --work .cache/shapes_train/seed_0  # -> data/shapes/models/seed_0
     python -m bench.shapes.train --device cuda --workers 4 --seeds 0 1 2 --out M --work W --steps 1600
 
 Step s trains on train-split scenes s*B .. s*B+B-1; its caption dropout, timesteps and noise come from a
@@ -40,55 +40,61 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from bench.devices import resolve_device
 from bench.shapes.pipeline import SCHEDULER_CONFIG, ShapesPipeline, save_shapes_model, text_config, unet_config
-from bench.shapes.world import VOCABULARY, WORLD, World, caption, render, split_scene
+from bench.shapes.world import SHAPES, VOCABULARY, WORLD, World, caption, render, split_scene
 from bench.tokenizer import clip_tokenizer
 
-SAMPLE_PROMPTS = [
-    "a red circle",
-    "a blue square",
-    "a green triangle",
-    "a yellow cross",
-    "a white circle and a red square",
-    "a blue triangle and a yellow circle",
-    "a green cross, a white triangle and a red circle",
-    "a yellow square, a blue cross and a green circle",
-]
+N_SAMPLE_PROMPTS = 8  # sample grids draw the captions of eval scenes 0..7 of the trainer's world
+MODELS = Path("data/shapes/models")  # the shipped seeds, seed_<s>
 MAX_MODEL_BYTES = 20_000_000  # the exported fp16 model is committed to the repo
 #: settings that define the model and its schedule: a resume must not change them
-RECIPE = ("batch", "seed", "steps", "image_size", "object_size", "text_tokens", "channels", "layers_per_block",
-          "heads", "attn_resolutions", "lr", "warmup", "ema_decay", "cfg_dropout", "prediction", "loss_weight",
-          "snr_gamma")
+RECIPE = ("batch", "seed", "steps", "image_size", "object_size", "shapes", "text_tokens", "text_encoder", "channels",
+          "layers_per_block", "heads", "attn_resolutions", "self_attention", "text_pooling", "lr", "warmup", "ema_decay",
+          "cfg_dropout", "prediction", "loss_weight", "snr_gamma")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("data/shapes/model"), help="exported model folder")
+    p.add_argument("--out", type=Path, help=f"exported model folder (default: {MODELS}/seed_<seed>)")
     p.add_argument("--work", type=Path, required=True, help="checkpoint / log / sample folder")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps; the learning-rate schedule spans them")
     p.add_argument("--minutes", type=float, default=float("inf"),
                    help="time box of this invocation: checkpoint and stop (rerun to resume); the schedule ignores it")
     p.add_argument("--snapshots", type=int, default=0, help="export the EMA at this many evenly spaced steps")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200, help="linear warmup steps")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="P(caption -> '')")
-    p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon",
+    p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="v_prediction",
                    help="the UNet's target: the noise, or v = sqrt(a) noise - sqrt(1 - a) x0 (Salimans & Ho 2022)")
-    p.add_argument("--loss-weight", choices=("uniform", "min_snr"), default="uniform",
-                   help="per-sample MSE weight: uniform, or Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR "
-                        "for epsilon, min(SNR, gamma) / (SNR + 1) for v")
+    p.add_argument("--loss-weight", choices=("uniform", "min_snr", "x0"), default="x0",
+                   help="per-sample MSE weight: uniform; Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR "
+                        "for epsilon, min(SNR, gamma) / (SNR + 1) for v; x0 (v only): 1 / (SNR + 1), the image-space "
+                        "error, so high-noise steps (where layout and shape are decided) weigh as much as "
+                        "low-noise ones")
     p.add_argument("--snr-gamma", type=float, default=5.0)
     p.add_argument("--image-size", type=int, default=WORLD.size, help="the world's image side (px)")
     p.add_argument("--object-size", type=float, nargs=2, default=[WORLD.min_size, WORLD.max_size],
                    metavar=("MIN", "MAX"),
                    help="the world's object sides as fractions of the image side")
-    p.add_argument("--text-tokens", type=int, default=77, help="caption positions of the text encoder")
-    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="UNet block widths")
+    p.add_argument("--shapes", nargs="+", default=list(WORLD.shapes), choices=SHAPES, help="the world's shapes")
+    p.add_argument("--text-tokens", type=int, default=16,
+                   help="caption positions of the text encoder (the longest caption takes 14)")
+    p.add_argument("--text-encoder", choices=("train", "frozen"), default="frozen",
+                   help="frozen: the text encoder keeps its seeded random weights (trained jointly, it let the shape "
+                        "words' states collapse together: results/reference/shapes_recipe_study.md)")
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 32], help="UNet block widths")
     p.add_argument("--layers-per-block", type=int, default=1)
     p.add_argument("--heads", type=int, default=4, help="heads per cross-attention layer")
-    p.add_argument("--attn-resolutions", type=int, nargs="+", default=[16, 8],
-                   help="block resolutions (px) with cross-attention; the mid block always has it")
+    p.add_argument("--self-attention", choices=("on", "off"), default="off",
+                   help="off: the transformer blocks' self-attention adds zero (a cross-attention-only UNet; "
+                        "cheaper to train, same diffusers layout)")
+    p.add_argument("--text-pooling", choices=("on", "off"), default="on",
+                   help="on: an attention-pooled caption embedding joins the timestep embedding (SDXL's pooled "
+                        "text path); off: the caption reaches the UNet through cross-attention only")
+    p.add_argument("--attn-resolutions", type=int, nargs="+",
+                   help="block resolutions (px) with cross-attention; the mid block always has it "
+                        "(default: half and a quarter of --image-size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, nargs="+", help="train these seeds at once, one process each")
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:1 ...")
@@ -101,7 +107,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--no-samples", action="store_true", help="skip the sample grids at checkpoints")
     p.add_argument("--export-only", action="store_true", help="export the latest checkpoint's EMA and exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.loss_weight == "x0" and args.prediction != "v_prediction":
+        p.error("--loss-weight x0 needs --prediction v_prediction "
+                "(for epsilon its 1 / SNR weight diverges at high noise)")
+    if args.out is None:  # --seeds: <out>/seed_<s> for each
+        args.out = MODELS if args.seeds else MODELS / f"seed_{args.seed}"
+    if args.attn_resolutions is None:
+        args.attn_resolutions = [args.image_size // 2, args.image_size // 4]
+    return args
 
 
 def log(work: Path, line: str) -> None:
@@ -123,7 +137,7 @@ class SceneBatches(Dataset):
     and step_generator."""
 
     def __init__(self, batch: int, seed: int, dropout: float, n_timesteps: int, first_step: int = 0,
-                 world: World = WORLD, text_tokens: int = 77):
+                 world: World = WORLD, text_tokens: int = 16):
         self.batch, self.seed, self.dropout, self.n_timesteps = batch, seed, dropout, n_timesteps
         self.first_step, self.world, self.text_tokens = first_step, world, text_tokens
         self.tokenizer = clip_tokenizer()
@@ -159,6 +173,26 @@ class SceneBatches(Dataset):
                 "noise": torch.randn(self.batch, 3, side, side, generator=generator)}  # (B, 3, S, S)
 
 
+class NoSelfAttention:
+    """Processor of a disabled self-attention (attn1): adds nothing to the residual stream. With the layer's output
+    projection zero and frozen (`disable_self_attention`), the standard processor computes the same zeros, so the
+    exported model needs no custom code."""
+
+    def __call__(self, attn, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+
+def disable_self_attention(unet: UNet2DConditionModel) -> None:
+    """Turn every transformer block's self-attention (attn1) into a zero residual: output projection zeroed and
+    frozen, the layer skipped while training. Cross-attention (attn2), whose heads the harness reads, is untouched."""
+    for name, module in unet.named_modules():
+        if name.endswith(".attn1"):
+            torch.nn.init.zeros_(module.to_out[0].weight)
+            torch.nn.init.zeros_(module.to_out[0].bias)
+            module.requires_grad_(False)
+            module.set_processor(NoSelfAttention())
+
+
 def learning_rate(args: argparse.Namespace, step: int) -> float:
     """Linear warmup, then cosine from lr to 0.1 lr over --steps."""
     if step < args.warmup:
@@ -188,11 +222,14 @@ class Trainer:
         precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
-        self.world = World(args.image_size, *args.object_size)
+        self.world = World(args.image_size, *args.object_size, tuple(args.shapes))
         torch.manual_seed(args.seed)
         self.unet = UNet2DConditionModel(**unet_config(tuple(args.channels), tuple(args.attn_resolutions),
-                                                       args.layers_per_block, args.heads, self.world.size))
+                                                       args.layers_per_block, args.heads, self.world.size,
+                                                       args.text_pooling == "on"))
         self.text_encoder = CLIPTextModel(CLIPTextConfig(**text_config(args.text_tokens)))
+        if args.self_attention == "off":
+            disable_self_attention(self.unet)
         n_bytes = 2 * sum(p.numel() for m in (self.unet, self.text_encoder) for p in m.parameters())
         if n_bytes > MAX_MODEL_BYTES:
             raise ValueError(f"this recipe's fp16 model is {n_bytes / 1e6:.1f} MB, over the "
@@ -202,8 +239,13 @@ class Trainer:
         self.text_encoder.to(self.device)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
         self.ema_text_encoder = copy.deepcopy(self.text_encoder).requires_grad_(False)
-        self.params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
-        self.ema_params = list(self.ema_unet.parameters()) + list(self.ema_text_encoder.parameters())
+        trained = [(self.unet, self.ema_unet)]
+        if args.text_encoder == "frozen":  # its random initialisation, fixed: every word distinct from step 0
+            self.text_encoder.requires_grad_(False).eval()
+        else:
+            trained.append((self.text_encoder, self.ema_text_encoder))
+        self.params = [p for module, _ in trained for p in module.parameters()]
+        self.ema_params = [p for _, ema in trained for p in ema.parameters()]
         self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.01, fused=cuda or None)
         self.forward_unet = torch.compile(self.unet) if args.compile else self.unet
         self.tokenizer = clip_tokenizer()
@@ -233,17 +275,20 @@ class Trainer:
             xt = xt.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
-            embeds = self.text_encoder(batch["ids"]).last_hidden_state  # (B, L, D)
+            with torch.set_grad_enabled(args.text_encoder == "train"):
+                embeds = self.text_encoder(batch["ids"]).last_hidden_state  # (B, L, D)
             pred = self.forward_unet(xt, t, encoder_hidden_states=embeds).sample  # (B, 3, S, S)
         if args.prediction == "v_prediction":
             target = self.sqrt_a[t, None, None, None] * noise - self.sqrt_1ma[t, None, None, None] * batch["x0"]
         else:
             target = noise  # (B, 3, S, S)
         per_sample = F.mse_loss(pred.float(), target, reduction="none").mean((1, 2, 3))  # (B,)
+        snr = self.snr[t]  # (B,)
         if args.loss_weight == "min_snr":
-            snr = self.snr[t]  # (B,)
             per_sample = per_sample * snr.clamp(max=args.snr_gamma) / (snr + 1 if args.prediction == "v_prediction"
                                                                         else snr)
+        elif args.loss_weight == "x0":  # |v - v_hat|^2 = (SNR + 1) |x0 - x0_hat|^2
+            per_sample = per_sample / (snr + 1)
         loss = per_sample.mean()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(args, self.step)
@@ -305,9 +350,10 @@ class Trainer:
         return ShapesPipeline(unet, text_encoder, self.tokenizer, scheduler)
 
     def write_samples(self) -> Path:
-        """Grid of EMA samples for SAMPLE_PROMPTS into <work>/samples_<step>.png (4x upscaled)."""
-        generators = [torch.Generator().manual_seed(i) for i in range(len(SAMPLE_PROMPTS))]
-        images = self.ema_pipeline()(SAMPLE_PROMPTS, generators, num_inference_steps=25, guidance_scale=2.0)
+        """Grid of EMA samples for the first eval captions into <work>/samples_<step>.png (4x upscaled)."""
+        prompts = [caption(split_scene("eval", i, self.world))[0] for i in range(N_SAMPLE_PROMPTS)]
+        generators = [torch.Generator().manual_seed(i) for i in range(N_SAMPLE_PROMPTS)]
+        images = self.ema_pipeline()(prompts, generators, num_inference_steps=25, guidance_scale=2.0)
         grid = np.concatenate(list(images), axis=1)  # (S, 8*S, 3)
         path = self.args.work / f"samples_{self.step:06d}.png"
         Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(path)

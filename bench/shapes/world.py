@@ -7,8 +7,11 @@ antialiasing): an object's pixels carry exactly its palette colour and the masks
 Splits: scene ``i`` of a split is drawn from ``numpy.random.default_rng((SPLIT_SEEDS[split], i))``;
 train (0) and eval (1) seed streams are disjoint. (colour, shape) combinations are not held out.
 
-A `World` is the geometry (image side, object sides); a trained model records the world it was trained on in its
-shapes_model.json (`load_world`), so its eval set and fidelity checks render the same world.
+A `World` is the image side, the range of object sides and the shapes drawn (a subset of the catalogue SHAPES); a
+trained model records the world it was trained on in its shapes_model.json (`load_world`), so its eval set and
+fidelity checks render the same world. The default world (24 px, objects 50-80% of the side, square / triangle /
+bar / pillar) is the one the shipped models learn on two CPU cores: shapes whose silhouettes differ at low spatial
+frequency (results/reference/shapes_recipe_study.md).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "bar", "pillar")  # every shape a world may draw
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
     "green": (0, 255, 0),
@@ -36,18 +39,25 @@ SPLIT_SEEDS: dict[str, int] = {"train": 0, "eval": 1}
 
 MIN_VISIBLE = 0.6  # fraction of an object's own area that must stay visible
 CROSS_ARM = 1 / 3  # cross arm width / object side
+BAR_WIDTH = 1 / 3  # bar height / object side (a bar spans the side horizontally, a pillar vertically)
 COLOUR_MAX_DIST = 160.0  # colour_mask: max RGB distance to the palette value
 
 
 @dataclass(frozen=True)
 class World:
-    """A shapes world's geometry: the image side in pixels and the range of object sides as fractions of it."""
+    """A shapes world: the image side in pixels, the range of object sides as fractions of it and the shapes it
+    draws (from SHAPES; every colour of PALETTE is used)."""
 
-    size: int = 32
-    min_size: float = 0.28
-    max_size: float = 0.5
+    size: int = 24
+    min_size: float = 0.5
+    max_size: float = 0.8
+    shapes: tuple[str, ...] = ("square", "triangle", "bar", "pillar")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "shapes", tuple(self.shapes))  # from JSON lists
+        unknown = sorted(set(self.shapes) - set(SHAPES))
+        if unknown or len(set(self.shapes)) < 3:
+            raise ValueError(f"a world draws >= 3 distinct shapes of {SHAPES}, got {self.shapes}")
         if self.size < 8 or self.size % 4:
             raise ValueError(f"world size must be a multiple of 4 and >= 8 px, got {self.size}")
         if not 0 < self.min_size <= self.max_size < 1:
@@ -59,10 +69,10 @@ class World:
         return 0.5 * MIN_VISIBLE * self.min_size**2 * 0.5, 1.5 * self.max_size**2
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "shapes": list(self.shapes)}
 
 
-WORLD = World()  # the shipped model's world
+WORLD = World()  # the shipped models' world
 
 
 def load_world(model_folder: str | Path) -> World:
@@ -107,6 +117,10 @@ def shape_mask(obj: SceneObject, size: int) -> np.ndarray:
         arm = r * CROSS_ARM
         inside = (np.abs(dx) <= r) & (np.abs(dy) <= r)
         return inside & ((np.abs(dx) <= arm) | (np.abs(dy) <= arm))
+    if obj.shape == "bar":
+        return (np.abs(dx) <= r) & (np.abs(dy) <= r * BAR_WIDTH)
+    if obj.shape == "pillar":
+        return (np.abs(dx) <= r * BAR_WIDTH) & (np.abs(dy) <= r)
     raise ValueError(f"unknown shape {obj.shape!r}; known: {SHAPES}")
 
 
@@ -122,7 +136,7 @@ def visible_masks(scene: Scene, size: int) -> list[np.ndarray]:
     return visible
 
 
-def render(scene: Scene, size: int = 32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def render(scene: Scene, size: int = WORLD.size) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Image uint8 (size, size, 3) and word -> bool (size, size) mask of the visible object pixels.
 
     The shape word and the colour word of an object share the object's mask.
@@ -145,16 +159,16 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, world: 
     """
     if n_objects is None:
         n_objects = int(rng.integers(1, 4))
-    if not 1 <= n_objects <= min(len(SHAPES), len(COLOURS)):
-        raise ValueError(f"n_objects must be in 1..{min(len(SHAPES), len(COLOURS))}, got {n_objects}")
-    shapes = rng.choice(len(SHAPES), n_objects, replace=False)
+    if not 1 <= n_objects <= min(len(world.shapes), len(COLOURS)):
+        raise ValueError(f"n_objects must be in 1..{min(len(world.shapes), len(COLOURS))}, got {n_objects}")
+    shapes = rng.choice(len(world.shapes), n_objects, replace=False)
     colours = rng.choice(len(COLOURS), n_objects, replace=False)
     while True:
         objects = []
         for s, c in zip(shapes, colours):
             side = float(rng.uniform(world.min_size, world.max_size))
             centre = (float(rng.uniform(side / 2, 1 - side / 2)), float(rng.uniform(side / 2, 1 - side / 2)))
-            objects.append(SceneObject(SHAPES[s], COLOURS[c], centre, side))
+            objects.append(SceneObject(world.shapes[s], COLOURS[c], centre, side))
         scene = Scene(tuple(objects))
         visible = visible_masks(scene, world.size)
         if all(v.sum() >= MIN_VISIBLE * shape_mask(o, world.size).sum() for o, v in zip(objects, visible)):
@@ -210,12 +224,15 @@ def word_pseudo_mask(image: np.ndarray, words: Sequence[str]) -> dict[str, np.nd
     return masks
 
 
-def classify_shape(mask: np.ndarray) -> str | None:
-    """Shape word for a bool (H, W) object mask from bounding-box features; None if empty.
+FILL = {"square": 1.0, "circle": np.pi / 4, "cross": 1 - 4 * (0.5 - CROSS_ARM / 2) ** 2}  # box fill, symmetric shapes
 
-    Only the largest 4-connected component counts (stray pixels of generated images drop out).
-    Triangles are bottom-heavy; of the symmetric shapes, squares fill their box (~1.0), circles
-    ~0.79 and crosses ~0.56.
+
+def classify_shape(mask: np.ndarray, shapes: Sequence[str] = WORLD.shapes) -> str | None:
+    """The shape of `shapes` a bool (H, W) object mask looks like, from bounding-box features; None if empty.
+
+    Only the largest 4-connected component counts (stray pixels of generated images drop out). Bars are at least
+    twice as wide as tall, pillars the reverse; triangles are bottom-heavy; the symmetric shapes go by how much of
+    their box they fill (squares ~1.0, circles ~0.79, crosses ~0.56).
     """
     labels, n = ndimage.label(mask)  # (H, W) int, 0 = outside
     if n == 0:
@@ -224,14 +241,14 @@ def classify_shape(mask: np.ndarray) -> str | None:
     mask = labels == 1 + sizes.argmax()
     ys, xs = np.nonzero(mask)
     box = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    height = box.shape[0]
-    fill = box.mean()
+    height, width = box.shape
+    if "bar" in shapes and width >= 2 * height:
+        return "bar"
+    if "pillar" in shapes and height >= 2 * width:
+        return "pillar"
     top = box[: height // 2].sum()
     bottom = box[height - height // 2 :].sum()
-    if top < 0.6 * bottom:
+    if "triangle" in shapes and top < 0.6 * bottom:
         return "triangle"
-    if fill > 0.9:
-        return "square"
-    if fill > 0.67:
-        return "circle"
-    return "cross"
+    symmetric = [shape for shape in shapes if shape in FILL]
+    return min(symmetric, key=lambda shape: abs(FILL[shape] - box.mean())) if symmetric else None
