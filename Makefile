@@ -53,12 +53,12 @@ run:  ## python -m bench in the venv, e.g. make run ARGS="experiment=shapes_imag
 	$(PY) -m bench $(ARGS)
 
 bench:  ## full sweep of each experiment in EXP (default: the shapes world, both modes; offline, CPU) -> results/runs/multirun_*/
-	@echo "make bench: experiments [$(EXP)]$(if $(filter-out $(SHAPES_EXP),$(EXP)),, (the offline shapes world, both modes: about 6 min on an idle 2-core CPU, longer under load)); the SDXL paper setting: make bench EXP=paper_sdxl_sweep on a GPU"
+	@echo "make bench: experiments [$(EXP)]$(if $(filter-out $(SHAPES_EXP),$(EXP)),, (the offline shapes world, both modes: about 2-3 min on an idle 2-core CPU, longer under load)); the SDXL paper setting: make bench EXP=paper_sdxl_sweep on a GPU"
 	@for exp in $(EXP); do $(PY) -m bench -m experiment=$$exp $(ARGS) || exit 1; done
 	@case "$(EXP)" in *shapes*) $(PY) -m bench.shapes.headline results/reference/shapes_world.json;; esac
 
 SEED ?= 0
-SHAPES_STEPS ?= 6000
+SHAPES_STEPS ?= 4000
 train-shapes:  ## retrain shipped shapes model SEED (0, 1 or 2) with the shipped recipe: SHAPES_STEPS steps, 1 thread, resumable -> data/shapes/models/seed_$(SEED)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m bench.shapes.train --seed $(SEED) --steps $(SHAPES_STEPS) --snapshots 6 \
 	  --out data/shapes/models/seed_$(SEED) --work .cache/shapes_train/seed_$(SEED)

@@ -53,7 +53,7 @@ def evaluate(model: Path, seed: int, work: Path, overrides: list[str]) -> dict:
     folder = work / f"seed_{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    path = f"model.loader.path={model}"  # as given: data/shapes/model shares make bench's cache key
+    path = f"model.loader.path={model}"  # as given: data/shapes/models/seed_0 shares make bench's cache key
     harness(["-m", "experiment=shapes_image", path, f"hydra.sweep.dir={folder / 'image'}", *overrides],
             folder / "image.log")
     harness(["experiment=shapes_generated", path, "relevance=random", "relevance.draws=1",

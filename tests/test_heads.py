@@ -88,7 +88,7 @@ def test_head_index_from_config_equals_the_loaded_models(tiny, tmp_path):
 
     assert configured("build_tiny_sdxl", height=128, width=128) == tiny.head_index()
     assert configured("build_tiny_sdxl", height=256, width=128) != tiny.head_index()  # resolutions follow the size
-    path = REPO / "data" / "shapes" / "model"
+    path = REPO / "data" / "shapes" / "models" / "seed_0"
     assert configured("load_shapes", path=str(path)) == load_shapes(str(path)).head_index()
     sdxl = configured("build_sdxl_random", height=1024, width=1024)
     assert sdxl == build_sdxl_random(device="meta").head_index() and len(sdxl) == 1300

@@ -146,7 +146,7 @@ def predicting(trainer: Trainer, output: torch.Tensor) -> torch.nn.Module:
 
 
 def test_frozen_text_encoder_keeps_its_seeded_initialisation(tmp_path):
-    frozen = Trainer(args_for(tmp_path / "a"))  # --text-encoder frozen is the default
+    frozen = Trainer(args_for(tmp_path / "a", "--text-encoder", "frozen"))
     initial = {k: v.clone() for k, v in frozen.text_encoder.state_dict().items()}
     run_steps(frozen, 2)
     for key, value in frozen.text_encoder.state_dict().items():
@@ -185,7 +185,7 @@ class ZeroCrossAttention:
 def test_disabled_self_attention_is_a_zero_residual_under_the_standard_processor(tmp_path):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    trainer = Trainer(args_for(tmp_path))  # self-attention off is the default
+    trainer = Trainer(args_for(tmp_path))  # --self-attention off is the default
     run_steps(trainer, 2)
     attn1 = [m for n, m in trainer.unet.named_modules() if n.endswith(".attn1")]
     assert attn1 and all(not p.requires_grad and not p.any() for m in attn1 for p in m.to_out[0].parameters())

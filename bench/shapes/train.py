@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="P(caption -> '')")
     p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="v_prediction",
                    help="the UNet's target: the noise, or v = sqrt(a) noise - sqrt(1 - a) x0 (Salimans & Ho 2022)")
-    p.add_argument("--loss-weight", choices=("uniform", "min_snr", "x0"), default="x0",
+    p.add_argument("--loss-weight", choices=("uniform", "min_snr", "x0"), default="uniform",
                    help="per-sample MSE weight: uniform; Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR "
                         "for epsilon, min(SNR, gamma) / (SNR + 1) for v; x0 (v only): 1 / (SNR + 1), the image-space "
                         "error, so high-noise steps (where layout and shape are decided) weigh as much as "
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shapes", nargs="+", default=list(WORLD.shapes), choices=SHAPES, help="the world's shapes")
     p.add_argument("--text-tokens", type=int, default=16,
                    help="caption positions of the text encoder (the longest caption takes 14)")
-    p.add_argument("--text-encoder", choices=("train", "frozen"), default="frozen",
+    p.add_argument("--text-encoder", choices=("train", "frozen"), default="train",
                    help="frozen: the text encoder keeps its seeded random weights (trained jointly, it let the shape "
                         "words' states collapse together: results/reference/shapes_recipe_study.md)")
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 32], help="UNet block widths")
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--self-attention", choices=("on", "off"), default="off",
                    help="off: the transformer blocks' self-attention adds zero (a cross-attention-only UNet; "
                         "cheaper to train, same diffusers layout)")
-    p.add_argument("--text-pooling", choices=("on", "off"), default="on",
+    p.add_argument("--text-pooling", choices=("on", "off"), default="off",
                    help="on: an attention-pooled caption embedding joins the timestep embedding (SDXL's pooled "
                         "text path); off: the caption reaches the UNet through cross-attention only")
     p.add_argument("--attn-resolutions", type=int, nargs="+",

@@ -9,7 +9,7 @@ train (0) and eval (1) seed streams are disjoint. (colour, shape) combinations a
 
 A `World` is the image side, the range of object sides and the shapes drawn (a subset of the catalogue SHAPES); a
 trained model records the world it was trained on in its shapes_model.json (`load_world`), so its eval set and
-fidelity checks render the same world. The default world (24 px, objects 50-80% of the side, square / triangle /
+fidelity checks render the same world. The default world (24 px, objects 35-60% of the side, square / triangle /
 bar / pillar) is the one the shipped models learn on two CPU cores: shapes whose silhouettes differ at low spatial
 frequency (results/reference/shapes_recipe_study.md).
 """
@@ -49,8 +49,8 @@ class World:
     draws (from SHAPES; every colour of PALETTE is used)."""
 
     size: int = 24
-    min_size: float = 0.5
-    max_size: float = 0.8
+    min_size: float = 0.35
+    max_size: float = 0.6
     shapes: tuple[str, ...] = ("square", "triangle", "bar", "pillar")
 
     def __post_init__(self) -> None:
