@@ -87,7 +87,8 @@ def evaluate(name: str, work: Path, scenes: int) -> None:
         raise SystemExit(f"no snapshots in {work / 'snapshots'}: train with --snapshots N")
     for snapshot in snapshots:
         step = int(snapshot.name.split("_")[1])
-        if ((read_rows()[["candidate", "step", "scenes"]] == (name, step, scenes)).all(axis=1)).any():
+        done = read_rows()
+        if ((done["candidate"] == name) & (done["step"] == step) & (done["scenes"] == scenes)).any():
             continue
         row = {"candidate": name, "scenes": scenes,
                **evaluate_snapshot(snapshot, scenes, work / "study_runs" / snapshot.name)}
@@ -126,8 +127,9 @@ def plot(csv: Path = CSV, out: Path = PNG) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=6)
-    figure.suptitle(f"Shapes-world recipe study ({csv}; eval scenes 0..{int(table['scenes'].max()) - 1}, seed 0, "
-                    "tau 0.4)", fontsize=10)
+    sizes = " or ".join(str(n) for n in sorted(table["scenes"].unique(), reverse=True))
+    figure.suptitle(f"Shapes-world recipe study ({csv}; the first {sizes} eval scenes per row, seed 0, tau 0.4)",
+                    fontsize=10)
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     print(f"wrote {out}")
