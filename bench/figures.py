@@ -23,6 +23,9 @@ from matplotlib.figure import Figure
 
 from bench.report import config_label, curve_methods, reference_tau, single_tau_rows
 
+#: overlay outlines: colours no shapes-world object has (its palette: red, green, blue, yellow, white)
+REFERENCE_OUTLINE, MASK_OUTLINE = "magenta", "cyan"
+
 
 def write_figures(summary: pd.DataFrame, out_dir: Path, by: list[str] = (), overlays: dict | None = None) -> list[Path]:
     """Draw the four figures into `out_dir`; returns their paths."""
@@ -187,17 +190,18 @@ def overlay_figure(overlays: dict | None) -> Figure:
         ax.set_axis_off()
     for i, item in enumerate(items):
         h, w = item["ref"].shape
-        axes[i, 0].imshow(item["image"])
-        axes[i, 0].contour(item["ref"], levels=[0.5], colors="lime", linewidths=1)
-        axes[i, 0].set_title(f"{_wrap(item['title'])}\nreference (green)", fontsize=6)
+        extent = (-0.5, w - 0.5, h - 0.5, -0.5)  # pixel centres at 0..w-1, where contour() draws the masks
+        axes[i, 0].imshow(item["image"], extent=extent)
+        axes[i, 0].contour(item["ref"], levels=[0.5], colors=REFERENCE_OUTLINE, linewidths=1)
+        axes[i, 0].set_title(f"{_wrap(item['title'])}\nreference (magenta)", fontsize=6)
         for label, cell in item["maps"].items():
             ax = axes[i, 1 + labels.index(label)]
-            ax.imshow(item["image"])
-            ax.imshow(cell["heat"], cmap="jet", alpha=0.45, interpolation="bicubic", extent=(0, w, h, 0))
+            ax.imshow(item["image"], extent=extent)
+            ax.imshow(cell["heat"], cmap="jet", alpha=0.45, interpolation="bicubic", extent=extent)
             if cell["mask"].any():
-                ax.contour(cell["mask"], levels=[0.5], colors="white", linewidths=1)
-            ax.contour(item["ref"], levels=[0.5], colors="lime", linewidths=0.6)
-            ax.set_title(f"{_wrap(label)}\nmask > {cell['tau']:g} (white)", fontsize=6)
+                ax.contour(cell["mask"], levels=[0.5], colors=MASK_OUTLINE, linewidths=1)
+            ax.contour(item["ref"], levels=[0.5], colors=REFERENCE_OUTLINE, linewidths=0.6)
+            ax.set_title(f"{_wrap(label)}\nmask > {cell['tau']:g} (cyan)", fontsize=6)
     return fig
 
 

@@ -1,10 +1,12 @@
 """Figures drawn from stored results: what each shows, one colour per method, one legend, no misleading curve."""
 
+import matplotlib.colors
 import numpy as np
 from helpers import curve_table, sweep_summary
 
-from bench.figures import groups_figure, kcurve_figure, tau_figure, write_figures
+from bench.figures import groups_figure, kcurve_figure, overlay_figure, tau_figure, write_figures
 from bench.report import summarise
+from bench.shapes.world import PALETTE
 
 
 def test_kcurve_groups_and_all_figures_draw(tmp_path):
@@ -26,6 +28,21 @@ def test_kcurve_groups_and_all_figures_draw(tmp_path):
     assert [p.name for p in paths] == ["fig_kcurve.png", "fig_groups.png", "fig_tau.png", "fig_overlays.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_overlay_image_and_heat_share_one_extent_and_outlines_avoid_the_palette():
+    """The heat map lies exactly over the image (a half-pixel shift left strips at two edges on 24 px images), and
+    neither outline colour is one the shapes world paints objects with."""
+    image = np.zeros((24, 24, 3), np.uint8)
+    cell = {"heat": np.random.rand(12, 12).astype(np.float32), "mask": np.eye(24, dtype=bool), "tau": 0.4}
+    fig = overlay_figure({"items": [{"title": "t", "image": image, "ref": np.eye(24, dtype=bool),
+                                     "maps": {"daam all": cell}}]})
+    extents = {tuple(im.get_extent()) for ax in fig.axes for im in ax.get_images()}
+    assert extents == {(-0.5, 23.5, 23.5, -0.5)}
+    outlines = {tuple(np.round(c.get_edgecolor()[0][:3], 3)) for ax in fig.axes for c in ax.collections}
+    palette = {tuple(np.round(np.array(rgb) / 255, 3)) for rgb in PALETTE.values()}
+    assert outlines and not outlines & palette
+    assert all(matplotlib.colors.to_hex(c) not in ("#00ff00", "#ffffff") for c in outlines)
 
 
 def test_groups_figure_shows_the_oracle_at_its_tau():

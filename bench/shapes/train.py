@@ -48,8 +48,8 @@ MODELS = Path("data/shapes/models")  # the shipped seeds, seed_<s>
 MAX_MODEL_BYTES = 20_000_000  # the exported fp16 model is committed to the repo
 #: settings that define the model and its schedule: a resume must not change them
 RECIPE = ("batch", "seed", "steps", "image_size", "object_size", "shapes", "text_tokens", "text_encoder", "channels",
-          "layers_per_block", "heads", "attn_resolutions", "self_attention", "text_pooling", "lr", "warmup", "ema_decay",
-          "cfg_dropout", "prediction", "loss_weight", "snr_gamma")
+          "layers_per_block", "heads", "attn_resolutions", "self_attention", "text_pooling", "lr", "warmup",
+          "ema_decay", "cfg_dropout", "prediction", "loss_weight", "snr_gamma")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
