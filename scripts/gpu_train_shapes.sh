@@ -2,7 +2,7 @@
 # Train the shapes-world model for several seeds at once on one GPU with the shipped CPU recipe (the trainer's
 # defaults, STEPS steps: the same models `make train-shapes SEED=<s>` trains on two CPU cores, up to floating-point
 # order), then evaluate every seed with the harness (scripts/shapes_world.py), writing models and metrics to $OUT,
-# all inside one ~9-minute call.
+# all inside one call meant to take ~9 minutes (not yet run on a GPU with this recipe: not measured).
 #
 # For one H100/H200 with no network and PyTorch preinstalled: carry .gpu_wheels (`make gpu-wheels`) and run
 # `bash scripts/gpu_train_shapes.sh`. Training runs STEPS steps per seed, all seeds in parallel, one process each,
