@@ -2,7 +2,7 @@
 
 import logging
 
-CODE_VERSION = "2"  # bump when a stage's stored output changes meaning; it is part of every cache key
+CODE_VERSION = "3"  # bump when a stage's stored output changes meaning; it is part of every cache key
 
 
 class ModelUnavailableError(RuntimeError):

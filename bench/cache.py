@@ -2,9 +2,12 @@
 
 Items are written atomically (temporary file, fsync, then rename), so a killed run leaves only complete
 items behind and a rerun resumes where it stopped; a rerun with the same config recomputes nothing.
-Every item gets a `<name>.sum` record (sha256 of its bytes, size, and the sample id it belongs to), and
-every read checks it: a missing, truncated, corrupt or swapped item is `invalid` (one-line warning naming
-the file, the stage recomputes it), never silently read. Temporary files of dead writers are swept.
+Every item gets a `<name>.sum` record (sha256 of its bytes, size, the sample id it belongs to, and the stage,
+key and relative path it was written as), and every read checks it: a missing, truncated, corrupt, swapped or
+copied item (from another sample, key or stage) is `invalid` (one-line warning naming the file, the stage
+recomputes it), never silently read. Every item path resolves inside its stage folder (checked), tensors are
+read with `torch.load(weights_only=True)` (no code in a cache runs), and temporary files of dead writers are
+swept.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from pickle import UnpicklingError  # the type torch.load raises for a file that is not plain data
 from typing import TYPE_CHECKING, Any
 
 from bench import CODE_VERSION, StoreWriteError
@@ -105,10 +109,24 @@ class InvalidItem(Exception):
     """A stored item failed its check; the message names the file and what is wrong."""
 
 
+def inside(root: Path, name: str) -> Path:
+    """`root / name`, refused (ValueError) unless it is a relative path without NUL or `..` that resolves inside
+    `root` (a symbolic link planted in the cache cannot point a write or a read elsewhere)."""
+    parts = Path(name).parts
+    if "\0" in name or not parts or Path(name).is_absolute() or ".." in parts:
+        raise ValueError(f"{name!r}: not a relative path inside {root}; a prompt id may hold only letters, digits "
+                         "and . _ - (fix the prompt set)")
+    path = root / name
+    if not path.parent.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{path}: resolves outside {root} (a symbolic link in the cache?); remove it and rerun")
+    return path
+
+
 class StageStore:
     """One stage's output folder for one key: verified items (see the module docstring)."""
 
     def __init__(self, root: str | Path, stage: str, config: Any, inputs: list[str]):
+        self.stage = stage
         self.key = stage_key(stage, config, inputs)
         self.path = Path(root) / stage / self.key
         self.path.mkdir(parents=True, exist_ok=True)
@@ -119,19 +137,23 @@ class StageStore:
                                            "code": CODE_VERSION}, indent=1, default=str).encode())
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        return inside(self.path, name)
+
+    def _record(self, name: str, data: bytes, owner: str | None) -> dict:
+        """What an item's `.sum` holds: its bytes' hash and size, and where it belongs."""
+        return {"sha256": sha256(data), "bytes": len(data), "owner": owner, "stage": self.stage, "key": self.key,
+                "path": name}
 
     # --- verified bytes -----------------------------------------------------------------------------------
     def write(self, name: str, data: bytes, owner: str | None = None) -> None:
-        """Store `data` as item `name` with its record (hash, size, the sample id `owner` it belongs to)."""
-        path = self.path / name
+        """Store `data` as item `name` with its record (hash, size, the sample id `owner`, stage, key, path)."""
+        path = self.file(name)
         write_atomic(path, data)  # killed before the record: the old record (or none) does not match, recomputed
-        record = {"sha256": sha256(data), "bytes": len(data), "owner": owner}
-        write_atomic(path.parent / (path.name + SUM), json.dumps(record).encode())
+        write_atomic(path.parent / (path.name + SUM), json.dumps(self._record(name, data, owner)).encode())
 
     def read(self, name: str, owner: str | None = None) -> bytes:
         """The item's bytes after checking them against its record; InvalidItem names the file otherwise."""
-        path = self.path / name
+        path = self.file(name)
         try:
             record = json.loads((path.parent / (path.name + SUM)).read_text())
             data = path.read_bytes()
@@ -145,11 +167,15 @@ class StageStore:
             raise InvalidItem(f"{path}: content does not match its recorded hash (truncated or corrupt)")
         if record.get("owner") != owner:
             raise InvalidItem(f"{path}: belongs to {record.get('owner')!r}, expected {owner!r}")
+        where = [record.get(k) for k in ("stage", "key", "path")]
+        if where != [self.stage, self.key, name]:
+            raise InvalidItem(f"{path}: its record was written for {'/'.join(map(str, where))} (copied from another "
+                              "stage, key or item)")
         return data
 
     def has(self, name: str, owner: str | None = None) -> bool:
         """True when the item is present and checks; a present but invalid one is warned about and removed."""
-        path = self.path / name
+        path = self.file(name)
         if not path.exists() and not (path.parent / (path.name + SUM)).exists():
             return False
         try:
@@ -162,15 +188,15 @@ class StageStore:
     def link(self, name: str, target: str, owner: str | None = None) -> None:
         """Item `name` as a symbolic link to the stored item `target`: the same bytes, its own record and
         owner (synthetic benchmarks that reuse a few samples under many ids)."""
-        path, record = self.path / name, json.loads((self.path / (target + SUM)).read_text())
-        path.symlink_to(self.path / target)
-        write_atomic(path.parent / (path.name + SUM), json.dumps({**record, "owner": owner}).encode())
+        path, data = self.file(name), self.read(target)
+        path.symlink_to(self.file(target))
+        write_atomic(path.parent / (path.name + SUM), json.dumps(self._record(name, data, owner)).encode())
 
     def discard(self, name: str, why: str | None = None) -> None:
         """Remove an item and its record, so its stage recomputes it; warn in one line `why` when given."""
         if why:
             warn(f"{why}; recomputing it")
-        path = self.path / name
+        path = self.file(name)
         path.unlink(missing_ok=True)
         (path.parent / (path.name + SUM)).unlink(missing_ok=True)
 
@@ -183,9 +209,14 @@ class StageStore:
         self.write(name, buf.getvalue(), owner)
 
     def load_torch(self, name: str, owner: str | None = None) -> Any:
+        """Tensors, numbers, strings and containers only (weights_only: a planted pickle runs no code)."""
         import torch
 
-        return torch.load(io.BytesIO(self.read_or_fail(name, owner)), map_location="cpu", weights_only=False)
+        try:
+            return torch.load(io.BytesIO(self.read_or_fail(name, owner)), map_location="cpu", weights_only=True)
+        except UnpicklingError:
+            raise ValueError(f"{self.file(name)}: holds Python objects besides tensors (not written by this harness); "
+                             "delete it and rerun") from None
 
     def save_json(self, name: str, obj: Any, owner: str | None = None) -> None:
         self.write(name, json.dumps(obj, indent=1, default=str).encode(), owner)

@@ -6,14 +6,15 @@
   resolution group bars of a sweep over `method.blocks` / `method.resolutions`;
 - `fig_tau.png`: mIoU vs tau per (config, method, variant);
 - `fig_overlays.png`: images with the reference mask and each method's heat map and mask, as the scoring
-  stage recorded them (`evaluate.Overlays`, stored as `overlays.pkl`).
+  stage recorded them (`evaluate.Overlays`, stored as `overlays.npz`).
 
 Figures draw only from stored results (a summary, stored overlays): this module imports no model code.
 """
 
 from __future__ import annotations
 
-import pickle
+import io
+import json
 import textwrap
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from bench.cache import write_atomic
 from bench.report import config_label, curve_methods, reference_tau, single_tau_rows
 
 #: overlay outlines: colours no shapes-world object has (its palette: red, green, blue, yellow, white)
@@ -166,14 +168,35 @@ def tau_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure:
     return fig
 
 
+OVERLAYS = "overlays.npz"  # a run's overlay maps: plain arrays plus JSON, read with allow_pickle off
+
+
 def save_overlays(overlays: dict, path: Path) -> None:
-    """Write {"items": `evaluate.Overlays.items()`} (numpy arrays and strings) as a pickle."""
-    Path(path).write_bytes(pickle.dumps(overlays))
+    """Write {"items": `evaluate.Overlays.items()`} as an npz: each array under `<item>/<field>` or
+    `<item>/<map>/<field>`, the rest (ids, titles, map labels and taus) as JSON in `meta`."""
+    arrays, meta = {}, []
+    for i, item in enumerate(overlays["items"]):
+        arrays[f"{i}/image"], arrays[f"{i}/ref"] = item["image"], item["ref"]  # (h, w, 3), (h, w)
+        for j, cell in enumerate(item["maps"].values()):
+            arrays[f"{i}/{j}/heat"], arrays[f"{i}/{j}/mask"] = cell["heat"], cell["mask"]  # (s, s), (h, w)
+        meta.append({"sample_id": item["sample_id"], "word": item["word"], "title": item["title"],
+                     "maps": [[label, float(cell["tau"])] for label, cell in item["maps"].items()]})
+    buf = io.BytesIO()
+    np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **arrays)
+    write_atomic(Path(path), buf.getvalue())
 
 
 def load_overlays(path: Path) -> dict | None:
     """{"items": [...]} as `save_overlays` wrote it; None when the run stored none."""
-    return pickle.loads(Path(path).read_bytes()) if Path(path).exists() else None
+    if not Path(path).exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        items = [{"sample_id": m["sample_id"], "word": m["word"], "title": m["title"], "image": data[f"{i}/image"],
+                  "ref": data[f"{i}/ref"], "maps": {label: {"heat": data[f"{i}/{j}/heat"],
+                                                            "mask": data[f"{i}/{j}/mask"], "tau": tau}
+                                                    for j, (label, tau) in enumerate(m["maps"])}}
+                 for i, m in enumerate(json.loads(str(data["meta"])))]
+    return {"items": items}
 
 
 def overlay_figure(overlays: dict | None) -> Figure:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from importlib import resources
+from pickle import UnpicklingError  # what torch.load raises for a file that is not plain data
 
 import numpy as np
 import PIL.Image
@@ -141,8 +142,14 @@ class OriginalGrounding(GroundingBackend):
         args.device = str(self.torch_device)
         args.text_encoder_type = os.path.expanduser(self.text_encoder)
         model = build_model(args)
-        checkpoint = torch.load(os.path.expanduser(self.groundingdino_checkpoint), map_location="cpu",
-                                weights_only=False)
+        try:  # weights only: a checkpoint is data and runs no code when read
+            checkpoint = torch.load(os.path.expanduser(self.groundingdino_checkpoint), map_location="cpu",
+                                    weights_only=True)
+        except UnpicklingError:
+            raise ModelUnavailableError(f"GroundingDINO checkpoint '{self.groundingdino_checkpoint}' holds Python "
+                                        "objects besides tensors (torch.load(weights_only=True) refused it): save its "
+                                        "'model' state dict alone (torch.save(ckpt['model'], path)) and point "
+                                        "segmenter.backend.groundingdino_checkpoint to it") from None
         state = clean_state_dict(checkpoint.get("model", checkpoint))
         missing, _ = model.load_state_dict(state, strict=False)  # strict=False as released (BERT buffers)
         expected = len(model.state_dict())

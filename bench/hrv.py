@@ -299,17 +299,23 @@ def hrv_stage(model: T2IModel, probe: list[PromptRow], concepts: dict[str, list[
         calls = sum(p["calls"] for p in parts).numpy()
         start_share = (sum(p["start_share"] for p in parts).numpy() / np.maximum(calls, 1))  # (H,) mean per call
         vectors = relevance_vectors(votes)
-        store.save_torch("hrv.pt", {
-            "concepts": names, "head_names": head_index.hrv_names(), "votes": votes, "vectors": vectors,
-            "words": words, "word_votes": word_votes, "word_vectors": relevance_vectors(word_votes, calls),
-            "calls": calls, "start_share": start_share, "start_token": start_token, "n_prompts": len(probe),
-            "steps": steps})
+        arrays = {"votes": votes, "vectors": vectors, "word_votes": word_votes,
+                  "word_vectors": relevance_vectors(word_votes, calls), "calls": calls, "start_share": start_share}
+        store.save_torch("hrv.pt", {  # tensors, not numpy arrays: what torch.load(weights_only=True) reads
+            **{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, "concepts": names,
+            "head_names": head_index.hrv_names(), "words": words, "start_token": start_token,
+            "n_prompts": len(probe), "steps": steps})
         _save_npy(store, "vectors.npy", vectors.astype(np.float32))
         _save_npy(store, "head_names.npy", np.array(head_index.hrv_names()))
         store.save_json("concepts.json", concepts)
         write_atomic(store.file("start_share.csv"),
                      start_share_by_layer(start_share, head_index).to_csv(index=False).encode())
     return {"batches_computed": len(todo), "batches_cached": len(starts) - len(todo), "key": store.key}
+
+
+def load_hrv(store: StageStore) -> dict:
+    """`hrv.pt` as `hrv_stage` wrote it, its tensors as numpy arrays."""
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in store.load_torch("hrv.pt").items()}
 
 
 def start_share_by_layer(start_share: np.ndarray, head_index: HeadIndex) -> pd.DataFrame:
@@ -373,7 +379,7 @@ class HRVRelevance(ConceptRelevance):
         store = StageStore(cache_root, "hrv", config, [prompt_set_hash(self.probe)])
         stats = hrv_stage(model, self.probe, self.concept_words, store, self.steps, self.guidance_scale,
                           self.batch_size, self.seed, targets, self.start_token, self.scheduler, self.dtype)
-        result = store.load_torch("hrv.pt")
+        result = load_hrv(store)
         self.vectors, self.head_names = result["vectors"], result["head_names"]
         self.words, self.word_vectors = result["words"], result["word_vectors"]
         self.start_share = result["start_share"]

@@ -179,7 +179,10 @@ class FileRelevance(ConceptRelevance):
                                         "HRV vectors') and set relevance.vectors / head_names / concepts to them")
         super().__init__(word_to_concept, default_concept)
         self.vectors = np.load(vectors).astype(np.float64)  # (C, H)
-        self.head_names = [str(n) for n in np.load(head_names, allow_pickle=True)]
+        try:  # allow_pickle stays off: a relevance file is data and runs no code
+            self.head_names = [str(n) for n in np.load(head_names)]
+        except ValueError as err:
+            raise ValueError(f"{head_names}: not a plain array of head names ({err}); use the published file") from None
         self.head_names_path = str(head_names)
         self.concepts = read_concept_list(concepts)
         if self.vectors.shape != (len(self.concepts), len(self.head_names)):

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import USER_ERRORS
 from bench.analyses import Analysis
 from bench.evaluate import KCurve, Overlays, Selective, check_taus, check_workers, evaluate_stage
-from bench.figures import save_overlays, write_figures
+from bench.figures import OVERLAYS, save_overlays, write_figures
 from bench.generate import generate_stage
 from bench.heads import HeadIndex
 from bench.models import head_index_from_config
@@ -152,7 +152,7 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     write_summary(summary, run_dir, header)
     (run_dir / "header.json").write_text(json.dumps(header, indent=1))
     shown = {"items": overlays.items()}
-    save_overlays(shown, run_dir / "overlays.pkl")
+    save_overlays(shown, run_dir / OVERLAYS)
     figures = write_figures(summary, run_dir, overlays=shown) if cfg.report.figures else []
     for analysis in analyses:
         print(analysis(samples, gen_store, mask_store, relevance, cfg.eval.tau, run_dir))

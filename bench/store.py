@@ -2,7 +2,8 @@
 their artifacts through these typed stores (verified items, see `bench.cache`).
 
 - `GenerateStore` (`<cache>/generate/<key>/`): `model.json` (the model's geometry), `head_index.json`,
-  per sample `samples/<id>.pt` (head maps and token slots) and `images/<id>.png`.
+  per sample `samples/<id>.safetensors` (head maps as tensors; token slots, prompt, seed in its JSON metadata)
+  and `images/<id>.png`.
 - `MaskStore` (`<cache>/segment/<key>/`): per sample `masks/<id>.json` (per word: exclusion reason,
   boxes, scores, mask file) and one `masks/<id>__<word slug>-<word hash>.png` per word with a mask.
 - a run's long table: `scores.csv` with `scores.json` (its row count and hash), checked when reported.
@@ -74,19 +75,46 @@ class GenerateStore(StageStore):
 
     def complete(self, sample_id: str) -> bool:
         """True when the sample's maps and image are stored and check (invalid ones are removed)."""
-        return all([self.has(f"samples/{sample_id}.pt", sample_id), self.has(f"images/{sample_id}.png", sample_id)])
+        return all([self.has(sample_name(sample_id), sample_id), self.has(f"images/{sample_id}.png", sample_id)])
 
     def save_sample(self, sample_id: str, record: dict, image: PIL.Image.Image) -> None:
         """The image first, then the maps: a sample counts as stored once both are."""
         self.write(f"images/{sample_id}.png", _png(image), sample_id)
-        self.save_torch(f"samples/{sample_id}.pt", record, sample_id)
+        self.save_maps(sample_id, record)
+
+    def save_maps(self, sample_id: str, record: dict) -> None:
+        """`record["maps"]` as safetensors tensors named `<h>x<w>`, the rest of the record as JSON metadata."""
+        import safetensors.torch  # here, not at the top: this module stays torch-free at import
+
+        maps = record["maps"]  # {(h, w): (S, H_r, T, h, w)}
+        meta = {**{k: v for k, v in record.items() if k != "maps"}, "resolutions": [list(r) for r in maps]}
+        data = safetensors.torch.save({f"{h}x{w}": t.contiguous() for (h, w), t in maps.items()},
+                                      metadata={"record": json.dumps(meta)})
+        self.write(sample_name(sample_id), data, sample_id)
 
     def sample(self, sample_id: str) -> dict:
         """The stored record: maps {(h, w): (S, H_r, T, h, w)}, words {word: slots}, prompt, seed, ..."""
-        return self.load_torch(f"samples/{sample_id}.pt", sample_id)
+        import safetensors.torch
+
+        name = sample_name(sample_id)
+        data = self.read_or_fail(name, sample_id)
+        try:
+            tensors = safetensors.torch.load(data)
+            header = json.loads(data[8: 8 + int.from_bytes(data[:8], "little")])  # safetensors: length, JSON
+            record = json.loads(header["__metadata__"]["record"])
+        except Exception as err:  # safetensors raises its own error types for a malformed header
+            raise ValueError(f"{self.file(name)}: not a sample this harness wrote ({type(err).__name__}); delete "
+                             "it and rerun") from None
+        resolutions = [tuple(r) for r in record.pop("resolutions")]
+        return {**record, "maps": {(h, w): tensors[f"{h}x{w}"] for h, w in resolutions}}
 
     def image(self, sample_id: str) -> PIL.Image.Image:
         return PIL.Image.open(io.BytesIO(self.read_or_fail(f"images/{sample_id}.png", sample_id))).convert("RGB")
+
+
+def sample_name(sample_id: str) -> str:
+    """A sample's maps item in the generate store."""
+    return f"samples/{sample_id}.safetensors"
 
 
 def mask_name(sample_id: str, word: str) -> str:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from bench import USER_ERRORS
-from bench.figures import load_overlays, save_overlays, write_figures
+from bench.figures import OVERLAYS, load_overlays, save_overlays, write_figures
 from bench.report import COLUMNS, compact, config_label, summarise, write_summary
 from bench.store import read_table, write_table
 
@@ -79,7 +79,7 @@ def report_dir(path: Path, figures: bool = True) -> pd.DataFrame:
     write_summary(summary, path, _header(path, jobs, by, table), by)
     overlays = _merged_overlays(jobs, by)
     if overlays is not None:
-        save_overlays(overlays, path / "overlays.pkl")
+        save_overlays(overlays, path / OVERLAYS)
     if figures:
         write_figures(summary, path, by, overlays)
     print(compact(summary, by, where=path))
@@ -106,7 +106,7 @@ def _merged_overlays(jobs: list[Path], by: list[str]) -> dict | None:
     """Overlay items of all jobs, maps labelled by their job's config (identical maps, e.g. DAAM's, kept once)."""
     merged: dict | None = None
     for job in jobs:
-        data = load_overlays(job / "overlays.pkl")
+        data = load_overlays(job / OVERLAYS)
         if data is None:
             continue
         label = config_label(pd.Series(job_overrides(job)).reindex(by).fillna(DEFAULT), by)

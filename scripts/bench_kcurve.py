@@ -39,7 +39,7 @@ from bench.prompts import PromptRow
 from bench.relevance import Relevance
 from bench.report import summarise
 from bench.samples import Sample
-from bench.store import GenerateStore, Geometry, MaskStore, WordMask, mask_name
+from bench.store import GenerateStore, Geometry, MaskStore, WordMask, mask_name, sample_name
 
 IMAGE = 1024
 GRID = 64
@@ -95,12 +95,11 @@ def write_pool(root: Path, head_index: HeadIndex, n_pool: int, n_samples: int, w
                 noise = rng.random((len(heads), *res))
                 per_word.append(a * blob + (1 - a) * noise)  # (H_r, h, w)
             maps[res] = torch.from_numpy(np.stack(per_word, 1)[None]).to(torch.float16)  # (1, H_r, T, h, w)
-        gen.save_torch(f"samples/pool{p}.pt", {"maps": maps, "words": {w: [i] for i, w in enumerate(words)}},
-                       f"pool{p}")
+        gen.save_maps(f"pool{p}", {"maps": maps, "words": {w: [i] for i, w in enumerate(words)}})
     samples = []
     for i in range(n_samples):
         sid, pool = f"s{i:04d}", f"pool{i % n_pool}"
-        gen.link(f"samples/{sid}.pt", f"samples/{pool}.pt", sid)
+        gen.link(sample_name(sid), sample_name(pool), sid)
         for w in words:
             seg.link(mask_name(sid, w), mask_name(pool, w), sid)
         seg.save_json(f"masks/{sid}.json", {w: {"reason": None, "boxes": [], "scores": [], "png": mask_name(sid, w)}
@@ -177,7 +176,7 @@ def main() -> None:
         "summary_seconds (bootstrap CI of every k, not part of the floor)": round(summary_seconds, 2),
         "masks_compared_at": f"{GRID}x{GRID} heat-map grid; 1024 px reference masks area-downsampled "
                              "(cell in mask when >= half covered)",
-        "timed": "evaluate_stage end to end: torch.load of every sample file (page cache), PNG mask decode, "
+        "timed": "evaluate_stage end to end: safetensors read of every sample file (page cache), PNG mask decode, "
                  "per-head bicubic upsampling to 64x64, top_k_curve, DAAM binarisation, IoU, long table",
         "conditions": {"cpu": cpu, "cores": os.cpu_count(), "eval_workers": args.workers,
                        "torch_threads": 1 if args.workers > 1 else torch.get_num_threads(),

@@ -17,7 +17,7 @@ METHODS = ("daam all", "selective k=25%")
 def main(image_run: str, generated_run: str, out: str = "results/reference/shapes_samples.png") -> None:
     items = []
     for run, label in ((image_run, "image mode, exact mask"), (generated_run, "generated, colour pseudo mask")):
-        overlays = load_overlays(Path(run) / "overlays.pkl")
+        overlays = load_overlays(Path(run) / "overlays.npz")
         for item in overlays["items"]:
             maps = {m: item["maps"][m] for m in METHODS}
             items.append({**item, "title": f"{label}: {item['title']}", "maps": maps})

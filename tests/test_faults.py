@@ -7,8 +7,11 @@ model's heads too: its HeadIndex comes from its configuration, see `bench.models
 One small tiny_sdxl run's cache serves every test (copied).
 """
 
+import ast
+import hashlib
 import json
 import os
+import pickle
 import resource
 import shutil
 import signal
@@ -30,6 +33,7 @@ import bench.models
 from bench.aggregate import mean_of_heads, word_head_maps
 from bench.cache import StageStore, sweep_temporaries, write_atomic
 from bench.evaluate import Context, Selective
+from bench.figures import OVERLAYS, load_overlays, save_overlays
 from bench.generate import generate_stage
 from bench.heads import HeadIndex
 from bench.prompts import PromptRow, load_prompt_set, prompt_set_hash, token_positions
@@ -88,7 +92,7 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("pattern, how, regenerated, resegmented", [
-    *[("generate/*/samples/*.pt", how, 1, 0) for how in CORRUPTIONS],
+    *[("generate/*/samples/*.safetensors", how, 1, 0) for how in CORRUPTIONS],
     ("generate/*/images/*.png", "truncated", 1, 0),
     ("segment/*/masks/*.json", "garbage", 0, 1),
     ("segment/*/masks/*.png", "garbage", 0, 1),
@@ -109,9 +113,9 @@ def test_corrupt_cache_item_is_recomputed_with_a_warning(baseline, tmp_path, mon
 
 @pytest.mark.parametrize("with_record", [False, True])
 def test_another_samples_file_copied_over_one_is_recomputed(baseline, tmp_path, monkeypatch, capsys, with_record):
-    """A valid .pt of sample B over sample A's: caught by A's recorded hash, or (record copied too) by its owner."""
+    """Sample B's valid maps over sample A's: caught by A's recorded hash, or (record copied too) by its owner."""
     cache = copy_cache(baseline, tmp_path)
-    first, second = items(cache, "generate/*/samples/*.pt")[:2]
+    first, second = items(cache, "generate/*/samples/*.safetensors")[:2]
     shutil.copyfile(second, first)
     if with_record:
         shutil.copyfile(f"{second}.sum", f"{first}.sum")
@@ -126,7 +130,7 @@ def test_killed_writer_leaves_nothing_half_done(baseline, tmp_path, monkeypatch)
     """kill -9 between an item and its record, with a temporary file of the dead writer left behind: the
     sample is regenerated, the temporary file swept, the table unchanged."""
     cache = copy_cache(baseline, tmp_path)
-    sample = items(cache, "generate/*/samples/*.pt")[0]
+    sample = items(cache, "generate/*/samples/*.safetensors")[0]
     Path(f"{sample}.sum").unlink()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = sample.with_name(f".{sample.name}.tmp-{int(dead.stdout)}-0000abcd-{socket.gethostname()}")
@@ -143,7 +147,7 @@ def test_kill_9_mid_generation_resumes_to_the_same_table(baseline, tmp_path, mon
     cmd = [sys.executable, "-m", "bench", *SMALL, f"dataset.path={baseline / 'data' / 'prompts.jsonl'}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not list((tmp_path / "cache").glob("generate/*/samples/*.pt.sum")) and time.monotonic() < deadline:
+    while not list((tmp_path / "cache").glob("generate/*/samples/*.safetensors.sum")) and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
@@ -397,3 +401,119 @@ def test_an_image_input_keys_generation_by_content(tmp_path):
     before = prompt_set_hash(load_prompt_set(tmp_path / "set.jsonl"))
     PIL.Image.new("RGB", (8, 8), "blue").save(tmp_path / "im.png")
     assert prompt_set_hash(load_prompt_set(tmp_path / "set.jsonl")) != before
+
+
+# --- issue 20: a cache and a run folder no input can turn against their user ------------------------------------
+
+
+class _Payload:
+    """A pickle that creates a file when unpickled: what an adversary plants in a shared cache or run folder."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def plant(path: Path, data: bytes) -> None:
+    """Replace an item and forge its record to match (the adversary can write both)."""
+    record = json.loads(Path(f"{path}.sum").read_text())
+    path.write_bytes(data)
+    record.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    Path(f"{path}.sum").write_text(json.dumps(record))
+
+
+def test_a_planted_pickle_in_the_cache_runs_no_code(baseline, tmp_path, monkeypatch):
+    cache, marker = copy_cache(baseline, tmp_path), tmp_path / "pwned"
+    victim = items(cache, "generate/*/samples/*.safetensors")[0]
+    plant(victim, pickle.dumps({"maps": _Payload(marker)}))
+    with pytest.raises(ValueError, match=f"{victim}: not a sample this harness wrote"):
+        rerun(baseline, cache, tmp_path / "run", monkeypatch)
+    assert not marker.exists()
+
+
+def test_a_planted_pickle_among_torch_items_runs_no_code(tmp_path):
+    """Items that stay torch files (HRV votes) are read with weights_only=True."""
+    store, marker = StageStore(tmp_path, "hrv", {}, []), tmp_path / "pwned"
+    store.save_torch("votes/000000.pt", {"votes": torch.ones(2)})
+    plant(store.file("votes/000000.pt"), pickle.dumps({"votes": _Payload(marker)}))
+    with pytest.raises(ValueError, match="votes/000000.pt: holds Python objects besides tensors"):
+        store.load_torch("votes/000000.pt")
+    assert not marker.exists()
+
+
+def test_a_planted_pickle_as_overlays_runs_no_code(tmp_path):
+    marker = tmp_path / "pwned"
+    (tmp_path / OVERLAYS).write_bytes(pickle.dumps({"items": _Payload(marker)}))
+    with pytest.raises(ValueError, match="pickled"):
+        load_overlays(tmp_path / OVERLAYS)
+    assert not marker.exists()
+
+
+def unsafe_reads(source: str) -> list[int]:
+    """Lines of calls that can run a file's code: pickle.load(s), torch.load without weights_only=True,
+    anything with allow_pickle=True."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func)
+        keywords = {k.arg: k.value for k in node.keywords}
+        safe_torch = isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True
+        pickles = isinstance(keywords.get("allow_pickle"), ast.Constant) and keywords["allow_pickle"].value is True
+        if name in ("pickle.load", "pickle.loads") or (name == "torch.load" and not safe_torch) or pickles:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_reader_in_bench_unpickles():
+    offenders = [f"{path}:{n}" for path in (REPO / "bench").rglob("*.py") for n in unsafe_reads(path.read_text())]
+    assert not offenders, offenders
+    example = ("torch.load(f, map_location='cpu',\n weights_only=False)\npickle.loads(b)\n"
+               "np.load(p, allow_pickle=True)\ntorch.load(f)\ntorch.load(f, weights_only=True)")
+    assert unsafe_reads(example) == [1, 3, 4, 5]  # the check itself can fail
+
+
+def test_overlays_round_trip_through_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    item = {"sample_id": "a__s0", "word": "cat", "title": "a s0: cat",
+            "image": rng.integers(0, 255, (8, 8, 3), np.uint8),
+            "ref": rng.random((8, 8)) > 0.5,
+            "maps": {"daam all": {"heat": rng.random((4, 4), np.float32), "mask": rng.random((8, 8)) > 0.5, "tau": 0.4},
+                     "selective k=10%": {"heat": rng.random((4, 4), np.float32), "mask": rng.random((8, 8)) > 0.5,
+                                         "tau": 0.5}}}
+    save_overlays({"items": [item]}, tmp_path / OVERLAYS)
+    (back,) = load_overlays(tmp_path / OVERLAYS)["items"]
+    assert list(back["maps"]) == list(item["maps"]) and back["title"] == item["title"]
+    for key in ("image", "ref"):
+        np.testing.assert_array_equal(back[key], item[key])
+    for label, cell in item["maps"].items():
+        assert back["maps"][label]["tau"] == cell["tau"]
+        np.testing.assert_array_equal(back["maps"][label]["heat"], cell["heat"])
+        np.testing.assert_array_equal(back["maps"][label]["mask"], cell["mask"])
+
+
+def test_masks_copied_from_another_segment_key_are_segmented_again(tmp_path, capsys):
+    """Same sample id, another key: the record binds stage, key and path, so the copy is caught, not read."""
+    mine, other = (MaskStore(tmp_path, {"threshold": t}, ["gen"]) for t in (0.3, 0.5))
+    mine.save_masks("a__s0", {"cat": WordMask(np.zeros((4, 4), bool))})
+    other.save_masks("a__s0", {"cat": WordMask(np.ones((4, 4), bool))})
+    for path in other.path.glob("masks/*"):
+        shutil.copyfile(path, mine.path / "masks" / path.name)
+    assert not mine.complete("a__s0")
+    err = capsys.readouterr().err
+    assert f"its record was written for segment/{other.key}/" in err and err.count("warning:") == 1
+
+
+def test_an_item_copied_from_another_stage_or_path_is_refused(tmp_path):
+    gen = StageStore(tmp_path, "generate", {}, [])
+    seg = StageStore(tmp_path, "segment", {}, [])
+    gen.save_json("samples/a.json", {"v": 1}, owner="a")
+    for store, name in ((seg, "samples/a.json"), (gen, "samples/b.json")):
+        for suffix in ("", ".sum"):
+            target = store.file(name + suffix)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(gen.file("samples/a.json" + suffix), target)
+        with pytest.raises(ValueError, match="its record was written for generate/"):
+            store.load_json(name, owner="a")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.cache import StageStore
-from bench.hrv import HeadVoter, embed_words, hrv_stage, load_concepts, relevance_vectors, target_word_wins
+from bench.hrv import HeadVoter, embed_words, hrv_stage, load_concepts, load_hrv, relevance_vectors, target_word_wins
 from bench.prompts import load_prompt_set
 from bench.relevance import FileRelevance
 
@@ -79,7 +79,7 @@ def first_run(tiny, probe, tmp_path_factory):
 
 def test_stage_votes_and_vectors(tiny, first_run):
     store, stats = first_run
-    out = store.load_torch("hrv.pt")
+    out = load_hrv(store)
     index = tiny.head_index()
     n_heads = len(index)
     assert stats["batches_computed"] == 2 and out["head_names"] == index.hrv_names()
@@ -115,7 +115,7 @@ def test_rerun_is_identical_and_resumes_after_a_kill(tiny, probe, first_run, tmp
     assert store.has("votes/000000.pt") and not store.has("votes/000001.pt") and not store.has("hrv.pt")
     stats = hrv_stage(tiny, probe, load_concepts(CONCEPTS), store, STEPS, 5.0, 1, 0, TARGETS)
     assert stats["batches_computed"] == 1 and stats["batches_cached"] == 1
-    again, first = store.load_torch("hrv.pt"), first_run[0].load_torch("hrv.pt")
+    again, first = load_hrv(store), load_hrv(first_run[0])
     for key in ("votes", "word_votes", "calls"):
         np.testing.assert_array_equal(again[key], first[key])
     np.testing.assert_array_equal(again["vectors"], first["vectors"])

@@ -125,7 +125,7 @@ def _project_and_reference(model, concepts_path, probe, steps, guidance, batch_s
                 ref.draws = [d[b] for d in per_call]
                 model.generate([prompt], [seed], steps, guidance)
                 assert not ref.draws  # one draw per recorded call, all used
-    return store.load_torch("hrv.pt"), ref
+    return hrv.load_hrv(store), ref
 
 
 @pytest.mark.parametrize("start_token", [True, False])
@@ -167,7 +167,7 @@ def test_start_token_share_reported_per_layer(tiny, tmp_path):
         table = pd.read_csv(store.file("start_share.csv"))
         assert list(table["heads"]) == [lay.n_heads for lay in index.layers]
         assert list(table["block"]) == [lay.block for lay in index.layers]
-        shares.append(store.load_torch("hrv.pt")["start_share"])
+        shares.append(hrv.load_hrv(store)["start_share"])
         per_layer = [shares[-1][lay.offset: lay.offset + lay.n_heads].mean() for lay in index.layers]
         np.testing.assert_allclose(table["start_share"], per_layer)
     np.testing.assert_allclose(shares[0], shares[1])
@@ -223,7 +223,7 @@ def test_upstream_preset_votes_at_every_pndm_call(tiny, tmp_path):
     assert [r.prompt for r in rel.probe] == ["a photo of a tench.", "Cityscape at night, highly detailed"]
     scheduler = type(tiny.pipe.scheduler)
     rel.prepare(tiny, str(tmp_path / "cache"), {"model": "tiny"}, [])
-    calls = torch.load(tmp_path / "cache" / "hrv" / rel.key / "hrv.pt", weights_only=False)["calls"]
+    calls = torch.load(tmp_path / "cache" / "hrv" / rel.key / "hrv.pt", weights_only=True)["calls"]
     np.testing.assert_array_equal(calls, 2 * (3 + 1))  # 2 prompts x 4 PNDM calls, every head
     assert type(tiny.pipe.scheduler) is scheduler and tiny.unet.dtype == torch.float32
     assert "pndm, float32" in rel.describe() and "start token in the softmax" in rel.describe()

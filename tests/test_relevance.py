@@ -220,7 +220,7 @@ def test_oracle_run_marks_folds(random_run, shared_cache, tmp_path, monkeypatch)
     rows = load_prompt_set(REPO / "data/smoke/prompts.jsonl", 3)
     samples = make_samples(rows, [0, 1], token_positions(clip_tokenizer(), rows))
     folds = oracle_relevance(samples, gen_store, mask_store, n_folds=3, taus=[0.3, 0.5], seed=0)
-    items = load_overlays(tmp_path / "overlays.pkl")["items"]
+    items = load_overlays(tmp_path / "overlays.npz")["items"]
     assert items
     for item in items:
         fold = next(f for f in folds if item["sample_id"] in {s.id for s in f.held_out})

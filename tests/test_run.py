@@ -119,7 +119,7 @@ def test_cli_bad_word_fails_in_one_line_before_generation(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: 1 word(s) not found in their prompt's tokens (fix the prompt set): a: 'dog' in 'a cat'")
-    assert not list((tmp_path).glob("**/samples/*.pt"))
+    assert not list((tmp_path).glob("**/samples/*.safetensors"))
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # no empty run folder
 
 
