@@ -3,6 +3,7 @@
 import logging
 
 CODE_VERSION = "3"  # bump when a stage's stored output changes meaning; it is part of every cache key
+INCOMPLETE = "INCOMPLETE"  # marker file of a run folder whose run failed or was stopped: never read as a result
 
 
 class ModelUnavailableError(RuntimeError):

@@ -1,6 +1,11 @@
-"""Hydra entry point: `python -m bench [overrides]` (see conf/config.yaml; `--help` for examples)."""
+"""Hydra entry point: `python -m bench [overrides]` (see conf/config.yaml; `--help` for examples).
+
+Light on purpose: `bench.checks.preflight` checks the config, the prompt set, the cache root and the models in
+seconds before `bench.run` (torch, diffusers) is imported; `--help` never imports them.
+"""
 
 import shutil
+import signal
 from pathlib import Path
 
 import hydra
@@ -8,8 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from bench import USER_ERRORS
-from bench.run import run
+from bench import INCOMPLETE, USER_ERRORS
+from bench.checks import preflight
 
 HYDRA_FILES = {".hydra", "__main__.log"}  # what Hydra writes into a run folder before the run starts
 
@@ -18,20 +23,34 @@ HYDRA_FILES = {".hydra", "__main__.log"}  # what Hydra writes into a run folder 
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a launcher's own handler (submitit) stays
+        signal.signal(signal.SIGTERM, _terminated)
     try:
+        preflight(cfg)
+        from bench.run import run  # torch and diffusers load here, after every cheap check
+
         run(cfg, run_dir)
     except BaseException as err:
-        if hydra_cfg.mode == RunMode.RUN:
-            remove_if_empty(run_dir)
+        stopped(run_dir, err, remove=hydra_cfg.mode == RunMode.RUN)
         if isinstance(err, USER_ERRORS):
             raise SystemExit(f"error: {err}") from None
         raise
 
 
-def remove_if_empty(run_dir: Path) -> None:
-    """Delete a failed run's folder when it holds only Hydra's own files, so results/runs lists runs with results."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_FILES:
+def _terminated(signum: int, frame) -> None:
+    """SIGTERM (kill, a scheduler) ends a run the way Ctrl-C does: through `main`'s clean-up."""
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def stopped(run_dir: Path, err: BaseException, remove: bool) -> None:
+    """A failed or stopped run's folder: deleted when it holds only Hydra's files (and `remove`), so
+    results/runs lists runs with results; otherwise marked INCOMPLETE, which reports and merges refuse."""
+    if not run_dir.is_dir():
+        return
+    if remove and {p.name for p in run_dir.iterdir()} <= HYDRA_FILES:
         shutil.rmtree(run_dir)
+    else:
+        (run_dir / INCOMPLETE).write_text(f"stopped before it finished: {type(err).__name__}: {err}\n")
 
 
 if __name__ == "__main__":

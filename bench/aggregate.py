@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.checks import parse_k
 from bench.heads import HeadIndex
 
 
@@ -84,30 +85,6 @@ def mean_of_heads(head_maps: torch.Tensor, selected: np.ndarray) -> torch.Tensor
     if idx.numel() == 0:
         raise ValueError("no heads selected")
     return head_maps[idx].mean(0)
-
-
-def parse_k(k: int | float | str) -> int | float:
-    """One k of a config as a head count (int) or a share of the available heads (float in (0, 1]).
-
-    One meaning for every spelling: a number >= 1 is a count (1 and 1.0 both mean one head; 2.5 is an
-    error), a number in (0, 1) a share, 'N%' a percentage, 'all' every head; strings of numbers read as
-    the numbers ('10', '0.25').
-    """
-    text = str(k).strip()
-    if text == "all":
-        return 1.0
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        value = float("nan")
-    if text.endswith("%") and 0 < value <= 1:
-        return value
-    if not text.endswith("%") and 0 < value < 1:
-        return value
-    if not text.endswith("%") and value >= 1 and value == int(value):
-        return int(value)
-    raise ValueError(f"k={k!r} is not a head count >= 1, a fraction in (0, 1), a percentage in (0%, 100%] or "
-                     "'all' (e.g. 10, 0.25, '25%')")
 
 
 def resolve_k(k: int | float | str, n_heads: int) -> int:

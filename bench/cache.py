@@ -116,6 +116,9 @@ def inside(root: Path, name: str) -> Path:
     if "\0" in name or not parts or Path(name).is_absolute() or ".." in parts:
         raise ValueError(f"{name!r}: not a relative path inside {root}; a prompt id may hold only letters, digits "
                          "and . _ - (fix the prompt set)")
+    if any(len(part.encode()) > 250 for part in parts):  # 255 bytes per name, less a temporary file's suffix room
+        raise ValueError(f"{name[:60]!r}... ({len(name)} characters): a file name too long for the cache; use "
+                         "prompt ids of at most 128 characters")
     path = root / name
     if not path.parent.resolve().is_relative_to(root.resolve()):
         raise ValueError(f"{path}: resolves outside {root} (a symbolic link in the cache?); remove it and rerun")

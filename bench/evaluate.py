@@ -15,11 +15,11 @@ import pandas as pd
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from omegaconf import ListConfig
 from tqdm import tqdm
 
-from bench.aggregate import mean_of_heads, parse_k, ranked_heads, resolve_k, top_k_chunks, top_k_curve, word_head_maps
-from bench.heads import BLOCKS, HeadIndex
+from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, top_k_chunks, top_k_curve, word_head_maps
+from bench.checks import check_selective, check_taus, check_workers
+from bench.heads import HeadIndex
 from bench.relevance import Relevance
 from bench.report import COLUMNS, reference_tau
 from bench.samples import EOT
@@ -81,20 +81,8 @@ class Selective(Method):
                  name: str | None = None):
         """k: counts, fractions or percentages ("25%", "all"), one or a list; blocks: down / mid / up, one or a
         list, None or "all" for every block; resolutions: map sides (32), one or a list, None for all."""
-        if order not in ("top", "bottom"):
-            raise ValueError(f"method order must be top or bottom, got {order!r}")
-        self.k = [k] if isinstance(k, (int, float, str)) else list(k)
-        for one in self.k:
-            parse_k(one)
+        self.k, self.blocks, self.resolutions = check_selective(k, order, blocks, resolutions)
         self.order = order
-        blocks = [blocks] if isinstance(blocks, str) else blocks
-        self.blocks = list(blocks) if blocks and list(blocks) != ["all"] else None
-        unknown = [b for b in self.blocks or [] if b not in BLOCKS]
-        if unknown:
-            raise ValueError(f"method.blocks: unknown block(s) {unknown}; use any of {list(BLOCKS)} or all")
-        self.resolutions = [resolutions] if isinstance(resolutions, int) else list(resolutions) if resolutions else None
-        if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.resolutions or []):
-            raise ValueError(f"method.resolutions must be map sides (whole numbers, e.g. 32), got {resolutions}")
         self.relevance = relevance
         self.name = name or ("selective" if order == "top" else "bottom_k")
 
@@ -307,24 +295,6 @@ def long_table(blocks: list[dict]) -> pd.DataFrame:
         table[c] = np.concatenate([np.asarray(b[c]) for b in blocks]) if blocks else []
     table.loc[table["iou"].isna() & table["excluded"].isna(), "excluded"] = "undefined IoU (empty masks or no map)"
     return table[COLUMNS]
-
-
-def check_taus(tau: float | list[float]) -> list[float]:
-    """eval.tau (one value or a list) as floats, each in [0, 1] (thresholds of min-max-normalised maps)."""
-    taus = list(tau) if isinstance(tau, (list, tuple, ListConfig)) else [tau]
-    try:
-        values = [float(t) for t in taus]
-    except (TypeError, ValueError):
-        values = [float("nan")]
-    if not values or not all(0 <= t <= 1 for t in values):
-        raise ValueError(f"eval.tau must be one value or a list of values in [0, 1], got {tau}")
-    return values
-
-
-def check_workers(workers: int) -> None:
-    """eval.workers: the number of scoring threads, a whole number >= 1."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"eval.workers must be a whole number >= 1, got {workers!r}")
 
 
 def evaluate_stage(samples: list, gen_store: GenerateStore, mask_store: MaskStore, methods: list[Method],

@@ -46,6 +46,7 @@ import numpy as np
 import PIL.Image
 
 from bench import ModelUnavailableError
+from bench.checks import brief, hub_offline, looks_like_path
 from bench.devices import resolve_device, resolve_dtype
 from bench.segment import Segmenter, WordMask
 
@@ -137,23 +138,9 @@ def make_word_mask(union: np.ndarray | None, boxes: np.ndarray, scores: np.ndarr
 # model loading
 
 
-def _env_offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def hub_offline(local_files_only: bool | None) -> bool:
-    """A backend's `local_files_only`: None -> True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set."""
-    return _env_offline() if local_files_only is None else bool(local_files_only)
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(name))
-
-
 def unavailable_error(kind: str, name: str, key: str, local_only: bool, err: BaseException) -> ModelUnavailableError:
-    first = " ".join(str(err).split())[:200]
-    if _looks_like_path(name):
+    first = brief(err)
+    if looks_like_path(name):
         path = os.path.expanduser(name)
         what = ("does not exist" if not os.path.exists(path)
                 else f"could not be loaded ({type(err).__name__}: {first})")
@@ -317,7 +304,7 @@ class TransformersGrounding(GroundingBackend):
         try:
             sam_proc = get("SAM", self.sam, "sam", transformers.Sam2Processor if sam2 else transformers.SamProcessor)
         except ImportError as err:  # SAM 2's image processor needs torchvision
-            raise ModelUnavailableError(f"segmenter.backend.sam={self.sam}: {' '.join(str(err).split())[:160]} "
+            raise ModelUnavailableError(f"segmenter.backend.sam={self.sam}: {brief(err)} "
                                         "(.venv-gsam has torchvision: make test-gsam)") from None
         sam_model = get("SAM", self.sam, "sam", transformers.Sam2Model if sam2 else transformers.SamModel)
         self._install(det_model, det_proc, sam_model, sam_proc)

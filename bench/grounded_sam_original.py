@@ -23,19 +23,17 @@ import numpy as np
 import PIL.Image
 
 from bench import ModelUnavailableError
+from bench.checks import GSAM_ENV_FIX, hub_offline
 from bench.devices import resolve_device
 from bench.grounded_sam import (
     Detections,
     GroundingBackend,
-    hub_offline,
     non_word_token_ids,
     query_scores,
     select_best_masks,
     unavailable_error,
     union_instances,
 )
-
-ENV_FIX = "run `make test-gsam` (builds .venv-gsam) and use .venv-gsam/bin/python -m bench"
 
 
 class OriginalGrounding(GroundingBackend):
@@ -108,7 +106,7 @@ class OriginalGrounding(GroundingBackend):
             import torchvision  # noqa: F401
         except ImportError as err:
             raise ModelUnavailableError(f"segmenter=grounded_sam_original needs groundingdino-py, segment-anything "
-                                        f"and torchvision ({err.name} is missing here): {ENV_FIX}") from None
+                                        f"and torchvision ({err.name} is missing here): {GSAM_ENV_FIX}") from None
         from segment_anything import sam_model_registry
         from transformers import AutoConfig
 

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-BLOCKS = ("down", "mid", "up")
+from bench.checks import BLOCKS
+
 DAAM_BLOCK_ORDER = ("up", "down", "mid")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from bench import ModelUnavailableError
+from bench.checks import hub_offline
 from bench.devices import resolve_device, resolve_dtype
 from bench.heads import HeadIndex
 from bench.tokenizer import clip_tokenizer
@@ -182,13 +182,6 @@ def unavailable(model_id: str, err: BaseException) -> ModelUnavailableError:
         f"model '{model_id}' could not be loaded ({type(err).__name__}): it is not in the local Hugging Face "
         f"cache or path and the hub is unreachable; download it where there is network "
         f"(`hf download {model_id}`) or set model.loader.model_id=/path/to/a/local/copy")
-
-
-def hub_offline(local_files_only: bool | None) -> bool:
-    """local_files_only as given, or HF_HUB_OFFLINE's setting when None."""
-    if local_files_only is not None:
-        return bool(local_files_only)
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
 def _sdxl_scheduler() -> EulerDiscreteScheduler:

@@ -1,5 +1,9 @@
 """Prompt sets (JSONL rows `{id, prompt, words}`) and word -> token positions.
 
+A prompt id names files in the cache (`<id>__s<seed>`), so it is a JSON string of 1-128 letters, digits, `.`,
+`_` or `-`, starting with a letter or digit, and unique ignoring case (case-insensitive file systems); every
+other id fails in one line naming the file and line, before any model loads.
+
 Token positions follow daam 0.2.0's rule so both aggregate the same columns: tokenize the
 lower-cased prompt, strip the `</w>` word-end marker, find every occurrence of the word's own token
 sequence, and shift by one for the start token.
@@ -9,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.cache import file_sha256
 
 MAX_TEXT_TOKENS = 75  # 77 positions minus start and end tokens
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # see the module docstring
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ def load_prompt_set(path: str | Path, limit: int | None = None) -> list[PromptRo
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prompt set {path} does not exist: set dataset.path to a JSONL file")
-    rows, seen = [], set()
+    rows, seen = [], {}  # lower-cased id -> line
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -43,20 +49,34 @@ def load_prompt_set(path: str | Path, limit: int | None = None) -> list[PromptRo
         missing = {"id", "prompt", "words"} - rec.keys()
         if missing or not rec["words"]:
             raise ValueError(f"{path}:{n}: row needs id, prompt and a non-empty words list (missing {sorted(missing)})")
-        if rec["id"] in seen:
-            raise ValueError(f"{path}:{n}: duplicate id {rec['id']!r}")
-        seen.add(rec["id"])
+        prompt_id = check_id(rec["id"], f"{path}:{n}")
+        if prompt_id.lower() in seen:
+            raise ValueError(f"{path}:{n}: id {prompt_id!r} repeats the id of line {seen[prompt_id.lower()]} "
+                             "(ids are compared ignoring case): give every row its own id")
+        seen[prompt_id.lower()] = n
         extra = {k: v for k, v in rec.items() if k not in ("id", "prompt", "words")}
         if "image" in extra:  # file paths in a row are relative to the prompt set's folder
             extra["image"] = str(path.parent / extra["image"])
         if "masks" in extra:
             extra["masks"] = {w: str(path.parent / m) for w, m in extra["masks"].items()}
-        rows.append(PromptRow(str(rec["id"]), rec["prompt"], tuple(rec["words"]), extra))
+        rows.append(PromptRow(prompt_id, rec["prompt"], tuple(rec["words"]), extra))
     rows = rows[:limit] if limit else rows
     if not rows:
         raise ValueError(f"prompt set {path} has no rows{f' (dataset.limit={limit})' if limit else ''}: "
                          "add rows or point dataset.path to another file")
     return rows
+
+
+def check_id(value: object, where: str) -> str:
+    """`value` when it is a safe prompt id (module docstring); otherwise a one-line ValueError naming `where`."""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: id {value!r} is a JSON {type(value).__name__}; write every id as a string, "
+                         f"e.g. \"{value}\"")
+    if not SAFE_ID.fullmatch(value):
+        shown = repr(value) if len(value) <= 60 else f"{value[:40]!r}... ({len(value)} characters)"
+        raise ValueError(f"{where}: id {shown} is not a safe file name: use 1-128 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return value
 
 
 def prompt_set_hash(rows: list[PromptRow]) -> str:

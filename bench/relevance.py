@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.aggregate import mean_of_heads, parse_k, ranked_heads, resolve_k, word_head_maps
+from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
+from bench.checks import parse_k
 from bench.heads import HeadIndex
 from bench.samples import EOT
 from bench.score import heat_to_mask, iou, ious_over_taus, normalised_heat

@@ -9,9 +9,7 @@ over methods, k or tau never regenerates images or re-segments them.
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import USER_ERRORS
 from bench.analyses import Analysis
-from bench.evaluate import KCurve, Overlays, Selective, check_taus, check_workers, evaluate_stage
+from bench.checks import check_seeds, preflight
+from bench.evaluate import KCurve, Overlays, Selective, evaluate_stage
 from bench.figures import OVERLAYS, save_overlays, write_figures
 from bench.generate import generate_stage
 from bench.heads import HeadIndex
@@ -29,14 +28,9 @@ from bench.models import head_index_from_config
 from bench.prompts import load_prompt_set, mask_files_hash, prompt_set_hash, token_positions
 from bench.provenance import REPO, describe, provenance
 from bench.report import compact, summarise, write_summary
-from bench.samples import make_samples, parse_shard, shard
+from bench.samples import make_samples, shard
 from bench.segment import FileMaskSegmenter, segment_stage
 from bench.store import GenerateStore, MaskStore, write_table
-
-# run folders are `<time>_<pid>-<random>` (conf/config.yaml), so two runs started in the same second never
-# share one; cached per config, so every job of a multirun resolves the same sweep folder
-OmegaConf.register_new_resolver("unique", lambda: f"{os.getpid()}-{uuid.uuid4().hex[:6]}", use_cache=True,
-                                replace=True)
 
 
 def build(node: DictConfig):
@@ -70,13 +64,11 @@ def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
 def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     t_start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    # every value that does not need the model, before it loads
+    # every value that does not need the model, before it loads (the CLI ran `preflight` before importing torch)
+    preflight(cfg)
     dataset_path = build(cfg.dataset.build) if cfg.dataset.get("build") else cfg.dataset.path
     rows = load_prompt_set(dataset_path, cfg.dataset.get("limit"))
-    seeds = [int(s) for s in cfg.dataset.seeds]
-    parse_shard(cfg.get("shard"))
-    check_taus(cfg.eval.tau)
-    check_workers(cfg.eval.workers)
+    seeds = check_seeds(cfg.dataset.seeds)
     methods = [build(m) for m in cfg.method.methods.values()]
     relevance = build(cfg.relevance) if cfg.get("relevance") else None
     analyses = [build_analysis(key, node) for key, node in (cfg.get("analyses") or {}).items()]

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bench import USER_ERRORS
+from bench import INCOMPLETE, USER_ERRORS
 from bench.figures import OVERLAYS, load_overlays, save_overlays, write_figures
 from bench.report import COLUMNS, compact, config_label, summarise, write_summary
 from bench.store import read_table, write_table
@@ -31,8 +31,9 @@ MAX_OVERLAY_MAPS = 8
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep (those with a scores.csv), in job order."""
-    jobs = [p for p in Path(sweep_dir).iterdir() if p.is_dir() and (p / "scores.csv").exists()]
+    """The job folders of a sweep (those with a scores.csv and not marked INCOMPLETE), in job order."""
+    jobs = [p for p in Path(sweep_dir).iterdir()
+            if p.is_dir() and (p / "scores.csv").exists() and not (p / INCOMPLETE).exists()]
     return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
 
@@ -50,6 +51,8 @@ def merge_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     (overrides whose value differs between jobs, minus NOT_GROUPED). Exact duplicate rows (e.g. the same
     tau scored by two jobs) are dropped."""
     jobs = job_dirs(sweep_dir)
+    for stopped in sorted(Path(sweep_dir).glob(f"*/{INCOMPLETE}")):
+        print(f"warning: {stopped.parent}: {stopped.read_text().strip()}; not merged", file=sys.stderr)
     if not jobs:
         raise FileNotFoundError(f"{sweep_dir}: no job folder with a scores.csv (is the sweep finished?)")
     overrides = [job_overrides(j) for j in jobs]
@@ -69,6 +72,8 @@ def merge_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
 def report_dir(path: Path, figures: bool = True) -> pd.DataFrame:
     """Merge a sweep directory (or re-report one run directory) into scores.csv, summary.* and fig_*.png there."""
     path = Path(path)
+    if (path / INCOMPLETE).exists():
+        raise ValueError(f"{path}: {(path / INCOMPLETE).read_text().strip()}; rerun it (its cache is kept)")
     if (path / "scores.csv").exists() and not job_dirs(path):
         table, by, jobs = read_table(path), [], [path]
     else:

@@ -8,6 +8,7 @@ One small tiny_sdxl run's cache serves every test (copied).
 """
 
 import ast
+import errno
 import hashlib
 import json
 import os
@@ -30,18 +31,22 @@ from helpers import REPO, FixedRelevance
 from test_run import cfg_for
 
 import bench.models
+from bench import INCOMPLETE, StoreWriteError
+from bench.__main__ import stopped
 from bench.aggregate import mean_of_heads, word_head_maps
 from bench.cache import StageStore, sweep_temporaries, write_atomic
+from bench.checks import brief, check_cache_root
 from bench.evaluate import Context, Selective
 from bench.figures import OVERLAYS, load_overlays, save_overlays
 from bench.generate import generate_stage
+from bench.grounded_sam import unavailable_error
 from bench.heads import HeadIndex
 from bench.prompts import PromptRow, load_prompt_set, prompt_set_hash, token_positions
 from bench.run import run
 from bench.samples import make_samples
 from bench.score import heat_to_mask, iou
 from bench.store import GenerateStore, MaskStore, WordMask, mask_name
-from bench.sweep import report_dir
+from bench.sweep import job_dirs, report_dir
 
 SMALL = ["dataset.limit=2", "dataset.seeds=[0]", "model.generation.steps=2", "model.generation.batch_size=1",
          "relevance.draws=1", "report.figures=false", "eval.workers=1"]
@@ -517,3 +522,168 @@ def test_an_item_copied_from_another_stage_or_path_is_refused(tmp_path):
             shutil.copyfile(gen.file("samples/a.json" + suffix), target)
         with pytest.raises(ValueError, match="its record was written for generate/"):
             store.load_json(name, owner="a")
+
+
+BAD_IDS = {  # JSON value of "id" -> what the one-line error says
+    '"../../../../escape_dotdot"': "is not a safe file name",
+    '"/etc/escape_absolute"': "is not a safe file name",
+    '"sub/dir"': "is not a safe file name",
+    '"a\\u0000b"': "is not a safe file name",
+    '"' + "x" * 10_000 + '"': r"\.\.\. \(10000 characters\) is not a safe file name",
+    '"caf\\u00e9"': "is not a safe file name",
+    '".hidden"': "is not a safe file name",
+    "1": 'is a JSON int; write every id as a string, e.g. "1"',
+    "null": "is a JSON NoneType",
+}
+
+
+@pytest.mark.parametrize("value", BAD_IDS)
+def test_a_bad_prompt_id_fails_in_one_line_naming_file_and_line(no_model, tmp_path, value):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(f'{{"id": "ok", "prompt": "a cat", "words": ["cat"]}}\n{{"id": {value}, "prompt": "a dog", '
+                   '"words": ["dog"]}\n')
+    with pytest.raises(ValueError, match=f"^{bad}:2: id .*{BAD_IDS[value]}") as err:
+        run(cfg_for([*SMALL, f"dataset.path={bad}"]), tmp_path / "run")
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize("first, second", [('"1"', '"1"'), ('"Cat"', '"cat"')])
+def test_ids_that_collide_as_file_names_fail_naming_both_lines(no_model, tmp_path, first, second):
+    bad = tmp_path / "dup.jsonl"
+    bad.write_text(f'{{"id": {first}, "prompt": "a cat", "words": ["cat"]}}\n'
+                   f'{{"id": {second}, "prompt": "a dog", "words": ["dog"]}}\n')
+    with pytest.raises(ValueError, match=f"{bad}:2: id {second.strip(chr(34))!r} repeats the id of line 1"):
+        run(cfg_for([*SMALL, f"dataset.path={bad}"]), tmp_path / "run")
+
+
+def test_an_id_with_dotdot_writes_nothing_outside_the_cache(tmp_path):
+    """The issue's case end to end through the CLI: refused in one line, no file anywhere."""
+    bad = tmp_path / "data" / "bad.jsonl"
+    bad.parent.mkdir()
+    bad.write_text('{"id": "../../../../escape_dotdot", "prompt": "a cat", "words": ["cat"]}\n')
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "a" / "b" / "cache"),
+           "BENCH_RUNS_DIR": str(tmp_path / "runs")}
+    proc = subprocess.run([sys.executable, "-m", "bench", f"dataset.path={bad}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: {bad}:1: id '../../../../escape_dotdot' is not a safe file name: use 1-128 letters, digits, '.', "
+        "'_' or '-', starting with a letter or digit"]
+    assert not [p for p in tmp_path.rglob("*") if "escape" in p.name]
+
+
+@pytest.mark.parametrize("name", ["../x.pt", "/abs/x.pt", "a\0b.pt", "samples/../../x.pt", "x" * 300 + ".pt"])
+def test_a_store_builds_no_path_outside_its_folder(tmp_path, name):
+    store = StageStore(tmp_path / "cache", "generate", {}, [])
+    with pytest.raises(ValueError, match="not a relative path inside|too long"):
+        store.write(name, b"data", owner="a")
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["stage.json"]
+
+
+def test_a_planted_symlink_cannot_redirect_a_write(tmp_path):
+    store = StageStore(tmp_path / "cache", "generate", {}, [])
+    (tmp_path / "elsewhere").mkdir()
+    (store.path / "samples").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="resolves outside"):
+        store.write("samples/a.safetensors", b"data", owner="a")
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_repeated_seeds_fail_before_the_model_loads(no_model, tmp_path):
+    with pytest.raises(ValueError, match=r"dataset.seeds=\[0, 0\] lists seed\(s\) \[0\] more than once"):
+        run(cfg_for([*SMALL, "dataset.seeds=[0,0]"]), tmp_path / "run")
+
+
+# --- every check in seconds, before torch ---------------------------------------------------------------------
+
+
+def cli(args: list[str], env: dict | None = None, timeout: int = 120) -> tuple[subprocess.CompletedProcess, bool]:
+    """`python -m bench args`, and whether torch was imported by the time it exited."""
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, "
+            "file=sys.stderr)); sys.argv = ['bench', *sys.argv[1:]]; runpy.run_module('bench', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+    lines = proc.stderr.strip().splitlines()
+    proc.stderr = "\n".join(line for line in lines if not line.startswith("torch imported:"))
+    return proc, "torch imported: True" in lines
+
+
+@pytest.mark.parametrize("args", [["--help"], ["eval.tau=1.5"], ["method.k=150%"], ["dataset.seeds=[0,0]"],
+                                  ["dataset.path=/nonexistent.jsonl"]])
+def test_help_and_bad_values_never_import_torch(tmp_path, args):
+    proc, torch_imported = cli([*args, f"paths.cache={tmp_path / 'cache'}", f"paths.runs={tmp_path / 'runs'}"])
+    assert not torch_imported, proc.stderr
+    if args != ["--help"]:
+        assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ")
+
+
+def test_every_missing_model_is_named_in_one_line_without_hub_retries(tmp_path):
+    proc, torch_imported = cli(["experiment=paper_sdxl", f"paths.cache={tmp_path / 'cache'}"],
+                               env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert not torch_imported and proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    for key in ("model.loader.model_id=stabilityai/stable-diffusion-xl-base-1.0",
+                "segmenter.backend.detector=IDEA-Research/grounding-dino-base",
+                "segmenter.backend.sam=facebook/sam-vit-huge"):
+        assert key in proc.stderr
+    assert proc.stderr.startswith("error: 3 model(s) or package(s) missing") and "Retry" not in proc.stderr
+
+
+def test_an_unreachable_hub_is_asked_once_per_missing_model(tmp_path):
+    """Hub not disabled, nothing listening at its address: each missing model costs one refused request."""
+    started = time.monotonic()
+    proc, _ = cli(["experiment=paper_sdxl", f"paths.cache={tmp_path / 'cache'}"],
+                  env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert proc.returncode == 1 and "3 model(s) or package(s) missing" in proc.stderr
+    assert "the hub did not provide it" in proc.stderr
+    assert time.monotonic() - started < 60 and "Retry" not in proc.stderr  # no back-off (it took ~24 s before)
+
+
+def test_a_cache_root_that_takes_no_file_fails_in_one_line(monkeypatch, tmp_path):
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(StoreWriteError, match=f"cache root {tmp_path / 'c'} is not writable \\(Read-only file system\\)"
+                                              ": set paths.cache"):
+        check_cache_root(tmp_path / "c", 1.0)
+
+
+def test_a_cache_root_without_free_space_fails_in_one_line(tmp_path):
+    with pytest.raises(StoreWriteError, match=r"GiB free, below paths.min_free_gb=1000000000: free disk space"):
+        check_cache_root(tmp_path, 1_000_000_000)
+
+
+# --- interrupted runs leave nothing that reads as a result ----------------------------------------------------
+
+
+def test_sigterm_removes_the_run_folder_like_ctrl_c(baseline, tmp_path):
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "bench", *SMALL, f"dataset.path={baseline / 'data' / 'prompts.jsonl'}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "cache").glob("generate/*/samples/*.safetensors.sum")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    assert "stopped by signal SIGTERM" in proc.stderr.read()
+    assert not list((tmp_path / "runs").iterdir())  # only Hydra's files were there: removed
+    assert not list((tmp_path / "cache").rglob(".*.tmp-*"))
+
+
+def test_a_stopped_run_with_results_is_marked_and_never_read_as_one(baseline, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        shutil.copytree(baseline / "run", sweep / job)
+    stopped(sweep / "1", KeyboardInterrupt("stopped by signal SIGTERM"), remove=True)
+    assert (sweep / "1" / INCOMPLETE).read_text().startswith("stopped before it finished: KeyboardInterrupt")
+    assert job_dirs(sweep) == [sweep / "0"]
+    report_dir(sweep, figures=False)
+    assert f"warning: {sweep / '1'}: stopped before it finished" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="stopped before it finished.*rerun it"):
+        report_dir(sweep / "1", figures=False)
+
+
+def test_quoted_errors_are_never_cut_mid_word():
+    long = "x " * 300 + "the end\nsecond line"
+    assert brief(ValueError(long)) == " ".join(long.splitlines()[0].split())
+    err = unavailable_error("SAM", "facebook/sam-vit-huge", "sam", False, OSError(long))
+    assert "the end" in str(err) and "second line" not in str(err)

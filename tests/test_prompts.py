@@ -47,5 +47,5 @@ def test_prompt_set_errors(tmp_path):
         load_prompt_set(bad)
     dup = tmp_path / "dup.jsonl"
     dup.write_text("\n".join(json.dumps({"id": "a", "prompt": "a cat", "words": ["cat"]}) for _ in range(2)))
-    with pytest.raises(ValueError, match="duplicate id 'a'"):
+    with pytest.raises(ValueError, match="dup.jsonl:2: id 'a' repeats the id of line 1"):
         load_prompt_set(dup)

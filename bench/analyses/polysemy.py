@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.aggregate import mean_of_heads, parse_k, ranked_heads, resolve_k, word_head_maps
+from bench.aggregate import mean_of_heads, ranked_heads, resolve_k, word_head_maps
 from bench.analyses import Analysis
 from bench.cache import write_atomic
+from bench.checks import parse_k
 from bench.prompts import PromptRow
 from bench.relevance import ConceptRelevance, Relevance
 from bench.samples import EOT, Sample
