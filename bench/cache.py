@@ -191,7 +191,8 @@ class StageStore:
     def link(self, name: str, target: str, owner: str | None = None) -> None:
         """Item `name` as a symbolic link to the stored item `target`: the same bytes, its own record and
         owner (synthetic benchmarks that reuse a few samples under many ids)."""
-        path, data = self.file(name), self.read(target)
+        path, target_owner = self.file(name), json.loads(self.file(target + SUM).read_text()).get("owner")
+        data = self.read(target, target_owner)  # checked before a second name points at it
         path.symlink_to(self.file(target))
         write_atomic(path.parent / (path.name + SUM), json.dumps(self._record(name, data, owner)).encode())
 

@@ -4,11 +4,10 @@ it torch and diffusers) is imported, so a bad value, a bad prompt id or a missin
 What it checks: every config value that does not depend on the model's heads (tau, workers, shard, seeds,
 limit, each selective method's k / order / blocks / resolutions), the prompt set (JSON, ids, duplicates; a set
 built by `dataset.build` is checked when it is built), the cache root (writable, `paths.min_free_gb` free), and
-every model the config names (`model.loader.model_id` / `vae_id` / `path`, `segmenter.backend.detector` /
-`sam` / `text_encoder` / `*_checkpoint`): a local path must exist, a Hugging Face id must be in the local cache
-or the hub must answer; a backend's packages must be installed; all that are missing are named in one message.
-Values that depend on the heads (k larger than the head group, a block the model lacks) are checked by
-`bench.run` from the UNet's config.
+every model and file the config names (`MODEL_KEYS`): a local path must exist, a Hugging Face id must be in the
+local cache or the hub must answer; a backend's packages must be installed (`PACKAGES`); all that are missing
+are named in one message. Values that depend on the heads (k larger than the head group, a block the model
+lacks) are checked by `bench.run` from the UNet's config.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import importlib.util
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +168,9 @@ MODEL_KEYS = {
     "segmenter.backend.text_encoder": ("GroundingDINO's text encoder", "config.json"),
     "segmenter.backend.groundingdino_checkpoint": ("GroundingDINO checkpoint", None),
     "segmenter.backend.sam_checkpoint": ("SAM checkpoint", None),
+    "relevance.vectors": ("relevance file (the published HRV vectors: README)", None),
+    "relevance.head_names": ("relevance file (the published HRV head names: README)", None),
+    "relevance.concepts": ("relevance file (the published HRV concepts: README)", None),
 }
 
 
@@ -186,31 +187,31 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(name))
 
 
-def check_models(cfg: DictConfig | Mapping) -> None:
-    """Every model the config names is on disk, in the local Hugging Face cache, or on a hub that answers; all
-    missing ones in one ModelUnavailableError with the fix."""
-    missing, offline = [], hub_offline()
+def check_models(cfg: DictConfig) -> None:
+    """Every model, file and backend package the config names is there (a model on disk, in the local Hugging Face
+    cache, or on a hub that answers); all missing ones in one ModelUnavailableError with the fix."""
+    missing = []
     for key in ("model.loader", "segmenter", "segmenter.backend"):
-        node = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else None
+        node = OmegaConf.select(cfg, key)
         packages, fix = PACKAGES.get(node.get("_target_") if isinstance(node, DictConfig) else None, ((), ""))
         absent = [name for name in packages if importlib.util.find_spec(name) is None]
         if absent:
             missing.append(f"{key}={node._target_} needs package(s) {', '.join(absent)}, not installed here: {fix}")
     for key, (what, marker) in MODEL_KEYS.items():
-        name = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else None
-        if not name:
+        name = OmegaConf.select(cfg, key)
+        if not isinstance(name, str) or not name:  # unset, or given inline (a relevance's concepts as a mapping)
             continue
-        name = str(name)
         if marker is None or looks_like_path(name):
             if not os.path.exists(os.path.expanduser(name)):
                 missing.append(f"{what} {key}={name} does not exist (set {key}= to the local file or folder)")
         elif not _cached(name, marker):
-            reason = "the hub is off (HF_HUB_OFFLINE)" if offline else _hub_refuses(name)
+            offline = hub_offline(OmegaConf.select(cfg, key.rpartition(".")[0] + ".local_files_only"))
+            reason = "the hub is off (HF_HUB_OFFLINE or local_files_only)" if offline else _hub_refuses(name)
             if reason:
                 missing.append(f"{what} {key}={name} is not in the local Hugging Face cache and {reason} "
                                f"(on a machine with network: hf download {name}; or set {key}=/path/to/a/local/copy)")
     if missing:
-        raise ModelUnavailableError(f"{len(missing)} model(s) or package(s) missing: " + "; ".join(missing))
+        raise ModelUnavailableError(f"{len(missing)} model(s), file(s) or package(s) missing: " + "; ".join(missing))
 
 
 def brief(err: BaseException) -> str:

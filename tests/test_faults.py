@@ -624,7 +624,7 @@ def test_every_missing_model_is_named_in_one_line_without_hub_retries(tmp_path):
                 "segmenter.backend.detector=IDEA-Research/grounding-dino-base",
                 "segmenter.backend.sam=facebook/sam-vit-huge"):
         assert key in proc.stderr
-    assert proc.stderr.startswith("error: 3 model(s) or package(s) missing") and "Retry" not in proc.stderr
+    assert proc.stderr.startswith("error: 3 model(s), file(s) or package(s) missing") and "Retry" not in proc.stderr
 
 
 def test_an_unreachable_hub_is_asked_once_per_missing_model(tmp_path):
@@ -632,7 +632,7 @@ def test_an_unreachable_hub_is_asked_once_per_missing_model(tmp_path):
     started = time.monotonic()
     proc, _ = cli(["experiment=paper_sdxl", f"paths.cache={tmp_path / 'cache'}"],
                   env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
-    assert proc.returncode == 1 and "3 model(s) or package(s) missing" in proc.stderr
+    assert proc.returncode == 1 and "3 model(s), file(s) or package(s) missing" in proc.stderr
     assert "the hub did not provide it" in proc.stderr
     assert time.monotonic() - started < 60 and "Retry" not in proc.stderr  # no back-off (it took ~24 s before)
 
@@ -687,3 +687,14 @@ def test_quoted_errors_are_never_cut_mid_word():
     assert brief(ValueError(long)) == " ".join(long.splitlines()[0].split())
     err = unavailable_error("SAM", "facebook/sam-vit-huge", "sam", False, OSError(long))
     assert "the end" in str(err) and "second line" not in str(err)
+
+
+def test_a_linked_item_reads_as_its_own_with_its_own_record(tmp_path):
+    """`link` (synthetic benchmarks reuse one sample under many ids): same bytes, its own owner and path."""
+    store = StageStore(tmp_path, "segment", {}, [])
+    store.save_json("masks/pool0.json", {"v": 1}, owner="pool0")
+    store.link("masks/s0001.json", "masks/pool0.json", "s0001")
+    assert store.load_json("masks/s0001.json", owner="s0001") == {"v": 1}
+    assert json.loads(store.file("masks/s0001.json.sum").read_text())["path"] == "masks/s0001.json"
+    with pytest.raises(ValueError, match="belongs to 'pool0', expected 's0001'"):
+        store.load_json("masks/pool0.json", owner="s0001")
