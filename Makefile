@@ -54,8 +54,10 @@ run:  ## python -m bench in the venv, e.g. make run ARGS="experiment=shapes_imag
 
 bench:  ## full sweep of each experiment in EXP (default: the shapes world, both modes; offline, CPU) -> results/runs/multirun_*/
 	@echo "make bench: experiments [$(EXP)]$(if $(filter-out $(SHAPES_EXP),$(EXP)),, (the offline shapes world, both modes: about 2-3 min on an idle 2-core CPU, longer under load)); the SDXL paper setting: make bench EXP=paper_sdxl_sweep on a GPU"
-	@for exp in $(EXP); do $(PY) -m bench -m experiment=$$exp $(ARGS) || exit 1; done
-	@case "$(EXP)" in *shapes*) $(PY) -m bench.shapes.headline results/reference/shapes_world.json;; esac
+	@verdicts=$$(mktemp); trap 'rm -f $$verdicts' EXIT; \
+	for exp in $(EXP); do BENCH_VERDICTS=$$verdicts $(PY) -m bench -m experiment=$$exp $(ARGS) || exit 1; done; \
+	printf '\n==== make bench: the verdict of each sweep just run ====\n'; cat $$verdicts; \
+	case "$(EXP)" in *shapes*) $(PY) -m bench.shapes.headline results/reference/shapes_world.json;; esac
 
 SEED ?= 0
 SHAPES_STEPS ?= 4000
@@ -69,7 +71,7 @@ train-shapes-all:  ## retrain the three shipped seeds at once (one process of 1 
 
 report:  ## merge a finished sweep DIR=results/runs/multirun_... (or re-report one run) into one table, summary, figures
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep or run directory>"; exit 2; }
-	$(PY) -m bench.sweep $(DIR)
+	$(PY) -m bench.sweep $(DIR) $(if $(PARTIAL),--partial)
 
 # glibc hands large freed blocks back to the OS, so every 20 MB map stack page-faults anew (~10 ms a pair)
 MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296

@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> None:
         preflight(cfg)
         from bench.run import run  # torch and diffusers load here, after every cheap check
 
-        run(cfg, run_dir)
+        run(cfg, run_dir, job=hydra_cfg.mode == RunMode.MULTIRUN)
     except BaseException as err:
         stopped(run_dir, err, remove=hydra_cfg.mode == RunMode.RUN)
         if isinstance(err, USER_ERRORS):

@@ -21,6 +21,7 @@ CSV (and the figures), the Markdown / LaTeX tables show its best k, and its CIs 
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -238,18 +239,16 @@ def _interval(lo: float, hi: float, estimate: float) -> str:
     return f"(degenerate CI: {flaw})" if flaw else f"[{lo:.4f}, {hi:.4f}]"
 
 
-def _once(rows: pd.DataFrame, by: list[str]) -> list[tuple[str, pd.Series]]:
-    """(config label, row) per row, a (method, variant, tau) whose mIoU and n are the same in several configs
-    (DAAM in every job of a sweep over selective's settings) given once, labelled with how many configs."""
+def _pooled(rows: pd.DataFrame, by: list[str]) -> list[tuple[str, pd.Series]]:
+    """(config label, row) per row; a (method, variant, tau) whose mIoU and n are the same in several configs
+    (DAAM in every job of a sweep over selective's settings) given once, labelled with the configs it pools
+    (`relevance=hrv,random`)."""
     if not by:
         return [("", r) for _, r in rows.iterrows()]
-    n_configs = len(rows[by].drop_duplicates())
     out = []
     for _, grp in rows.groupby(["method", "variant", "tau", "mIoU", "n_pairs"], sort=False, dropna=False):
-        if len(grp) > 1:
-            out.append(("every config" if len(grp) == n_configs else f"{len(grp)} configs", grp.iloc[0]))
-        else:
-            out.append((config_label(grp.iloc[0], by), grp.iloc[0]))
+        label = " ".join(f"{k.split('.')[-1]}={','.join(map(str, dict.fromkeys(grp[k])))}" for k in by)
+        out.append((label, grp.iloc[0]))
     return out
 
 
@@ -271,33 +270,102 @@ def write_summary(summary: pd.DataFrame, run_dir: Path, header: list[str], by: l
     return md
 
 
-def compact(summary: pd.DataFrame, by: list[str] = (), stats: dict | None = None, where: Path | None = None) -> str:
-    """A few lines for the end of a run: each method at the reference tau, k-curves as their best k."""
+CHANCE_METHODS = ("centred_disc", "end_of_text", "other_word")  # chance maps: no head ranking involved
+HEADLINE_K = "k=25%"  # the k a verdict shows for a method scored at several (the seed paper's top 20-25% of heads)
+
+
+def side(row: pd.Series) -> str:
+    """'better' / 'worse' when the 95% CI of Δ vs DAAM lies above / below 0, 'unclear' when it spans 0,
+    'not compared' without paired scores."""
+    if pd.isna(row.get("diff_vs_daam", np.nan)):
+        return "not compared"
+    lo, hi = row.get("diff_ci95_lo", np.nan), row.get("diff_ci95_hi", np.nan)
+    return "better" if lo > 0 else "worse" if hi < 0 else "unclear"
+
+
+def verdict(summary: pd.DataFrame, by: list[str] = (), what: str = "run") -> str:
+    """The last lines of a run or sweep: DAAM, then per (config, method) its headline k vs DAAM (Δ, CI, p) and
+    how every k compares, the chance maps in one line, and a conclusion on selective heads worded by the signs
+    and CIs. Columns are padded to the longest label."""
     by = list(by)
+    if not summary["method"].eq("daam").any():
+        return (f"verdict of this {what}: DAAM was not scored, so no method is compared with it (every row: "
+                "summary.md)\nconclusion: none about selected heads vs DAAM")
+    summary = summary.reindex(columns=list(dict.fromkeys([*summary.columns, "diff_vs_daam", "diff_ci95_lo",
+                                                          "diff_ci95_hi", "p_wilcoxon"])))  # absent: no pairs
     tau = reference_tau(summary["tau"])
     rows = single_tau_rows(summary, by)
-    curves = curve_methods(summary, by)
-    lines = [f"summary at tau={tau}; a row scored only at other taus (a held-out oracle's calibrated tau) at its "
-             "own (mIoU [95% CI over prompts]; Δ paired vs daam [CI], Wilcoxon p; n pairs):"]
-    for label, r in _once(rows[~rows["method"].isin(curves)], by):
-        at = "" if np.isclose(r["tau"], tau) else f"tau={r['tau']:g}"
-        name = " ".join(p for p in (label, r["method"], r["variant"], at) if p)
-        text = f"  {name}".ljust(40) + f" {r['mIoU']:.4f} {_interval(r['ci95_lo'], r['ci95_hi'], r['mIoU'])}"
-        if not pd.isna(r.get("diff_vs_daam", np.nan)):
-            text += (f"  Δ {r['diff_vs_daam']:+.4f} "
-                     f"{_interval(r['diff_ci95_lo'], r['diff_ci95_hi'], r['diff_vs_daam'])} "
-                     f"p={_num(r['p_wilcoxon'], '{:.3g}')}")
-        lines.append(text + f"  n={r['n_pairs']}" + (f" ({r['n_excluded']} excluded)" if r["n_excluded"] else ""))
-    for _, grp in rows[rows["method"].isin(curves)].groupby(by + ["method"], sort=False):
-        best = grp.loc[grp["mIoU"].idxmax()]
-        full = grp.loc[grp["n_heads"].idxmax()]
-        lines.append(f"  {config_label(best, by)} {best['method']} ({len(grp)} k)".ljust(40)
-                     + f" best k={best['n_heads']}: {best['mIoU']:.4f} (in-sample); k={full['n_heads']}: "
-                     f"{full['mIoU']:.4f}")
-    if stats:
-        gen, seg = stats.get("generate", {}), stats.get("segment", {})
-        lines.append(f"stages: generated {gen.get('generated', 0)} (cached {gen.get('cached', 0)}), segmented "
-                     f"{seg.get('segmented', 0)} (cached {seg.get('cached', 0)}), {stats.get('wall_seconds', '?')} s")
-    if where is not None:
-        lines.append(f"written to {where}")
+    rows = rows[~rows["method"].isin(curve_methods(summary, by))]
+    chance = rows[rows["method"].isin(CHANCE_METHODS)]
+    table = []
+    for label, r in _pooled(rows[rows["method"].eq("daam")], by):
+        table.append([label, f"DAAM{'' if np.isclose(r['tau'], tau) else f' tau={r.tau:g}'}", f"{r.mIoU:.4f}",
+                      _interval(r["ci95_lo"], r["ci95_hi"], r["mIoU"]), "", "", f"n={r.n_pairs}"])
+    selective = {}
+    ranked = rows[~rows["method"].isin(("daam", *CHANCE_METHODS))]
+    for _, grp in ranked.groupby(by + ["method"], sort=False, dropna=False):
+        head = grp[grp["variant"].eq(HEADLINE_K)]
+        head = head.iloc[0] if len(head) else grp.sort_values("n_heads").iloc[len(grp) // 2]
+        label = config_label(head, by) or (f"relevance={head['relevance']}" if head.get("relevance") else "")
+        sides = {r["variant"]: side(r) for _, r in grp.iterrows()}  # variant -> better / worse / unclear
+        if head["method"] == "selective":
+            selective[label or "this run's relevance"] = sides
+        at = "" if np.isclose(head["tau"], tau) else f" tau={head['tau']:g}"
+        table.append([label, f"{head['method']} {head['variant']}{at}", f"{head['mIoU']:.4f}",
+                      "" if pd.isna(head["diff_vs_daam"]) else f"Δ {head['diff_vs_daam']:+.4f} "
+                      + _interval(head["diff_ci95_lo"], head["diff_ci95_hi"], head["diff_vs_daam"]),
+                      f"p={_num(head['p_wilcoxon'], '{:.2g}')}", side(head), _tally(sides)])
+    if table and not any(row[0] for row in table):  # one run without a relevance label: no label column
+        table = [row[1:] for row in table]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))] if table else []
+    lines = [f"verdict of this {what}: mIoU [95% CI over prompts] at tau {tau:g} (a held-out oracle at its "
+             "calibrated tau); Δ: paired difference to DAAM [95% CI], Wilcoxon p"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    if len(chance):
+        below = (chance["diff_ci95_hi"] < 0).all()
+        lines.append(f"  chance maps ({', '.join(dict.fromkeys(chance['method']))}): "
+                     f"{'every one below DAAM' if below else 'not all below DAAM'} "
+                     f"(Δ {chance['diff_vs_daam'].min():+.3f} .. {chance['diff_vs_daam'].max():+.3f})")
+    lines.append("conclusion: " + _conclusion(selective))
     return "\n".join(lines)
+
+
+def write_verdict(summary: pd.DataFrame, run_dir: Path, title: str, by: list[str] = (), note: str = "",
+                  collect: bool = True) -> str:
+    """`verdict` under the run's title (and over `note`, e.g. that a test backend's numbers mean nothing), written
+    to `verdict.txt` and (`collect`) appended to the file $BENCH_VERDICTS names, so `make bench` can end with
+    every sweep's verdict; returns the text to print."""
+    text = (f"{title} (every row: {Path(run_dir) / 'summary.md'})\n"
+            + verdict(summary, by, "sweep" if by else "run") + "\n" + (f"{note}\n" if note else ""))
+    (Path(run_dir) / "verdict.txt").write_text(text)
+    if collect and os.environ.get("BENCH_VERDICTS"):
+        with open(os.environ["BENCH_VERDICTS"], "a") as f:
+            f.write(text + "\n")
+    return text
+
+
+def _tally(sides: dict[str, str]) -> str:
+    """How every k compares: 'worse at all 3 k', or the k of each side."""
+    if len(sides) < 2:
+        return ""
+    kinds = set(sides.values())
+    if len(kinds) == 1:
+        return f"{next(iter(kinds))} at all {len(sides)} k"
+    return "; ".join(f"{kind} at {', '.join(v for v, s in sides.items() if s == kind)}"
+                     for kind in ("better", "worse", "unclear", "not compared") if kind in kinds)
+
+
+def _conclusion(selective: dict[str, dict[str, str]]) -> str:
+    """One sentence from the signs and CIs of every selective k, grouped by relevance config."""
+    if not selective:
+        return "no selective method was scored, so nothing is said about selected heads"
+    groups: dict[str, list[str]] = {}
+    for label, sides in selective.items():
+        kinds = set(sides.values())
+        key = {frozenset({"better"}): "beat DAAM at every k", frozenset({"worse"}): "lose to DAAM at every k",
+               frozenset({"unclear"}): "do not differ clearly from DAAM at any k",
+               frozenset({"not compared"}): "could not be compared with DAAM (no paired scores)",
+               }.get(frozenset(kinds), f"compare mixed ({_tally(sides)})")
+        groups.setdefault(key, []).append(label)
+    parts = [f"{key} with {', '.join(labels)}" for key, labels in groups.items()]
+    return "the selected heads " + "; ".join(parts) + " (by the 95% CIs of Δ over prompts)"

@@ -27,7 +27,7 @@ from bench.heads import HeadIndex
 from bench.models import head_index_from_config
 from bench.prompts import load_prompt_set, mask_files_hash, prompt_set_hash, token_positions
 from bench.provenance import REPO, describe, provenance
-from bench.report import compact, summarise, write_summary
+from bench.report import summarise, write_summary, write_verdict
 from bench.samples import make_samples, shard
 from bench.segment import FileMaskSegmenter, segment_stage
 from bench.store import GenerateStore, MaskStore, write_table
@@ -52,16 +52,16 @@ def build_analysis(key: str, node: DictConfig) -> Analysis:
     return analysis
 
 
-def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
+def run(cfg: DictConfig, run_dir: Path, job: bool = False) -> pd.DataFrame:
     """Run every stage for `cfg`, writing scores, summary, figures and stats into `run_dir`; returns the
     summary. The logger (cfg.logger) records the config first and is finished even when a stage fails."""
     run_dir.mkdir(parents=True, exist_ok=True)
     logger = build(cfg.logger)
     with logger.session(cfg, run_dir):
-        return _run(cfg, run_dir, logger)
+        return _run(cfg, run_dir, logger, job)
 
 
-def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
+def _run(cfg: DictConfig, run_dir: Path, logger, job: bool) -> pd.DataFrame:
     t_start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     # every value that does not need the model, before it loads (the CLI ran `preflight` before importing torch)
@@ -146,13 +146,20 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> pd.DataFrame:
     shown = {"items": overlays.items()}
     save_overlays(shown, run_dir / OVERLAYS)
     figures = write_figures(summary, run_dir, overlays=shown) if cfg.report.figures else []
-    for analysis in analyses:
-        print(analysis(samples, gen_store, mask_store, relevance, cfg.eval.tau, run_dir))
+    for analysis in analyses:  # a sweep's job prints each analysis's first line; its files hold the rest
+        text = analysis(samples, gen_store, mask_store, relevance, cfg.eval.tau, run_dir)
+        print(text.splitlines()[0] + f" (in full: {run_dir})" if job and text.count("\n") else text)
     stats = {"generate": gen_stats, "segment": seg_stats, "relevance": relevance_stats,
              "wall_seconds": round(time.perf_counter() - t_start, 2), "provenance": prov}
     (run_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     logger.log_results(run_dir, table, summary, figures, shown, prov)
-    print(compact(summary, stats=stats, where=run_dir) + (f"\n{notice}" if notice else ""))
+    gen, seg = stats["generate"], stats["segment"]
+    print(f"stages: generated {gen.get('generated', 0)} (cached {gen.get('cached', 0)}), segmented "
+          f"{seg.get('segmented', 0)} (cached {seg.get('cached', 0)}), {stats['wall_seconds']} s; every row in "
+          f"{run_dir / 'summary.md'}")
+    verdict = write_verdict(summary, run_dir, title, note=notice, collect=not job)  # the notice ends it
+    if not job:  # a sweep's verdict comes from its merge (bench.sweep), after every job
+        print(verdict, end="")
     return summary
 
 

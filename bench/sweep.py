@@ -21,8 +21,10 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from bench import INCOMPLETE, USER_ERRORS
+from bench.cache import write_atomic
+from bench.checks import preflight
 from bench.figures import OVERLAYS, load_overlays, save_overlays, write_figures
-from bench.report import COLUMNS, compact, config_label, summarise, write_summary
+from bench.report import COLUMNS, config_label, summarise, write_summary, write_verdict
 from bench.store import read_table, write_table
 
 NOT_GROUPED = {"shard", "dataset.seeds", "eval.tau"}
@@ -51,8 +53,6 @@ def merge_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     (overrides whose value differs between jobs, minus NOT_GROUPED). Exact duplicate rows (e.g. the same
     tau scored by two jobs) are dropped."""
     jobs = job_dirs(sweep_dir)
-    for stopped in sorted(Path(sweep_dir).glob(f"*/{INCOMPLETE}")):
-        print(f"warning: {stopped.parent}: {stopped.read_text().strip()}; not merged", file=sys.stderr)
     if not jobs:
         raise FileNotFoundError(f"{sweep_dir}: no job folder with a scores.csv (is the sweep finished?)")
     overrides = [job_overrides(j) for j in jobs]
@@ -69,25 +69,53 @@ def merge_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     return merged.drop_duplicates(row_keys), by
 
 
-def report_dir(path: Path, figures: bool = True) -> pd.DataFrame:
-    """Merge a sweep directory (or re-report one run directory) into scores.csv, summary.* and fig_*.png there."""
+def job_count(path: Path) -> tuple[str, bool]:
+    """One line on a sweep's jobs (expected from sweep_jobs.json, finished, failed with why, never finished) and
+    whether every expected job finished."""
+    expected = json.loads((path / JOBS).read_text()) if (path / JOBS).exists() else None
+    finished = {p.name for p in job_dirs(path)}
+    failed = {p.parent.name: p.read_text().strip() for p in sorted(path.glob(f"*/{INCOMPLETE}"))}
+    named = expected or []
+    failures = "".join(f" (#{n}{' ' + ' '.join(named[int(n)]) if n.isdigit() and int(n) < len(named) else ''}: "
+                       f"{why})" for n, why in failed.items())
+    if expected is None:
+        return (f"{len(finished)} finished, {len(failed)} failed{failures} (no job list: the sweep wrote no "
+                f"{JOBS})"), not failed
+    unfinished = [str(n) for n in range(len(expected)) if str(n) not in finished and str(n) not in failed]
+    line = (f"{len(expected)} expected, {len(finished)} finished, {len(failed)} failed{failures}, "
+            f"{len(unfinished)} never finished" + (f" (#{', #'.join(unfinished)})" if unfinished else ""))
+    return line, len(finished) == len(expected)
+
+
+def report_dir(path: Path, figures: bool = True, partial: bool = False) -> pd.DataFrame:
+    """Merge a sweep directory (or re-report one run directory) into scores.csv, summary.* and fig_*.png there;
+    a sweep with a job that did not finish is refused unless `partial`."""
     path = Path(path)
     if (path / INCOMPLETE).exists():
         raise ValueError(f"{path}: {(path / INCOMPLETE).read_text().strip()}; rerun it (its cache is kept)")
+    jobs_line = None
     if (path / "scores.csv").exists() and not job_dirs(path):
         table, by, jobs = read_table(path), [], [path]
     else:
+        jobs_line, complete = job_count(path)
+        if not complete and not partial:
+            raise ValueError(f"{path}: jobs {jobs_line}: rerun the sweep (finished stages are cached), or merge "
+                             "what finished with --partial (make report PARTIAL=1)")
         table, by = merge_jobs(path)
         jobs = job_dirs(path)
         write_table(table, path)
     summary = summarise(table, by=by)
-    write_summary(summary, path, _header(path, jobs, by, table), by)
+    header = _header(path, jobs, by, table)
+    if jobs_line:
+        header.append(f"- jobs: {jobs_line}{'' if complete else ' (a partial sweep, merged as asked)'}")
+        print(f"jobs: {jobs_line}")
+    write_summary(summary, path, header, by)
     overlays = _merged_overlays(jobs, by)
     if overlays is not None:
         save_overlays(overlays, path / OVERLAYS)
     if figures:
         write_figures(summary, path, by, overlays)
-    print(compact(summary, by, where=path))
+    print(write_verdict(summary, path, header[0].lstrip("# "), by))
     return summary
 
 
@@ -134,17 +162,61 @@ def _merged_overlays(jobs: list[Path], by: list[str]) -> dict | None:
     return merged
 
 
+JOBS = "sweep_jobs.json"  # the jobs a sweep launches (each one's overrides), written before the first starts
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """Each job's overrides, in Hydra's job order: the basic sweeper's split of `hydra.sweeper.params` plus the
+    command line's sweep overrides."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def check_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
+    """`bench.checks.preflight` on every job's composed config before any job runs; every failing job named in
+    one ValueError."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(config)  # what `${hydra:...}` in a job's config resolves against
+    failures = []
+    for num, job in enumerate(jobs):
+        try:
+            preflight(compose(config_name=config.hydra.job.config_name, overrides=job))
+        except USER_ERRORS as err:
+            failures.append(f"job #{num} ({' '.join(job)}): {err}")
+    if failures:
+        raise ValueError(f"{len(failures)} of {len(jobs)} jobs would fail, so none was started: "
+                         + "; ".join(failures))
+
+
 class MergeSweep(Callback):
-    """Hydra callback: merge the sweep's jobs when a multirun ends."""
+    """Hydra callback: check every job and record the job list before the first starts; merge the jobs when
+    the multirun ends."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        jobs = sweep_jobs(config)
+        try:
+            check_jobs(config, jobs)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        path = Path(config.hydra.sweep.dir)
+        path.mkdir(parents=True, exist_ok=True)
+        write_atomic(path / JOBS, json.dumps(jobs, indent=1).encode())
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         report_dir(Path(config.hydra.sweep.dir))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m bench.sweep <sweep or run directory>")
+    args = [a for a in sys.argv[1:] if a != "--partial"]
+    if len(args) != 1:
+        raise SystemExit("usage: python -m bench.sweep <sweep or run directory> [--partial]")
     try:
-        report_dir(Path(sys.argv[1]))
+        report_dir(Path(args[0]), partial="--partial" in sys.argv[1:])
     except USER_ERRORS as err:
         raise SystemExit(f"error: {err}") from None

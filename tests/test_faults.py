@@ -676,8 +676,10 @@ def test_a_stopped_run_with_results_is_marked_and_never_read_as_one(baseline, tm
     stopped(sweep / "1", KeyboardInterrupt("stopped by signal SIGTERM"), remove=True)
     assert (sweep / "1" / INCOMPLETE).read_text().startswith("stopped before it finished: KeyboardInterrupt")
     assert job_dirs(sweep) == [sweep / "0"]
-    report_dir(sweep, figures=False)
-    assert f"warning: {sweep / '1'}: stopped before it finished" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"jobs 1 finished, 1 failed \(#1: stopped before it finished"):
+        report_dir(sweep, figures=False)
+    report_dir(sweep, figures=False, partial=True)
+    assert "jobs: 1 finished, 1 failed (#1: stopped before it finished" in capsys.readouterr().out
     with pytest.raises(ValueError, match="stopped before it finished.*rerun it"):
         report_dir(sweep / "1", figures=False)
 

@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 from helpers import curve_table, sweep_summary, synthetic_table
 
-from bench.report import compact, curve_methods, degenerate, summarise, write_summary
+from bench.report import curve_methods, degenerate, side, summarise, verdict, write_summary
 
 
 def percentile_bootstrap(per_prompt_sum: np.ndarray, per_prompt_n: np.ndarray, n: int = 4000) -> tuple:
@@ -97,7 +97,7 @@ def test_degenerate_intervals_are_named_not_printed_as_cis(tmp_path):
     table = synthetic_table(n_prompts=6, taus=(0.4,))
     table.loc[table.method == "daam", "iou"] = 0.5  # the same IoU on every prompt: nothing for a bootstrap to vary
     summary = summarise(table)
-    daam = next(line for line in compact(summary).splitlines() if " daam all" in line)
+    daam = next(line for line in verdict(summary).splitlines() if line.lstrip().startswith("DAAM"))
     assert "(degenerate CI: zero width)" in daam and "[0.5000, 0.5000]" not in daam
     md = write_summary(summary, tmp_path, ["# test run"])
     assert "(degenerate CI: zero width)" in md
@@ -106,7 +106,7 @@ def test_degenerate_intervals_are_named_not_printed_as_cis(tmp_path):
 # --- tables ------------------------------------------------------------------------------------------------
 
 
-def test_summary_files_and_compact(tmp_path):
+def test_summary_files(tmp_path):
     table = curve_table()
     summary = summarise(table)
     assert curve_methods(summary) == {"kcurve"}
@@ -114,17 +114,41 @@ def test_summary_files_and_compact(tmp_path):
     assert (tmp_path / "summary.csv").exists() and "\\begin{tabular}" in (tmp_path / "summary.tex").read_text()
     assert "| daam" in md and "best k=8 (in-sample)" in md
     assert pd.read_csv(tmp_path / "summary.csv").shape[0] == len(summary) == 3 + 20
-    text = compact(summary)
-    assert "kcurve (20 k)" in text and "best k=8" in text and len(text.splitlines()) == 5
-
+    assert "kcurve" not in verdict(summary)  # a k-curve's best k is chosen in-sample: the table has it, not the verdict
 
 
 def test_single_tau_views_show_the_oracle_at_its_tau_and_daam_once():
     summary = sweep_summary()
-    lines = compact(summary, ["relevance"]).splitlines()[1:]
-    daam = [ln for ln in lines if " daam all" in ln]
-    assert len(daam) == 2 and daam[0].lstrip().startswith("2 configs daam all")  # hrv and random: one line
-    assert daam[1].lstrip().startswith("relevance=oracle daam all tau=0.5")
-    oracle = [ln for ln in lines if ln.lstrip().startswith("relevance=oracle selective")]
+    lines = verdict(summary, ["relevance"], "sweep").splitlines()[1:]
+    daam = [ln.split() for ln in lines if ln.startswith("  ") and " DAAM " in ln]
+    assert daam == [["relevance=hrv,random", "DAAM", "0.5428", "[0.3142,", "0.6769]", "n=22"],
+                    ["relevance=oracle", "DAAM", "tau=0.5", "0.3677", "[0.2165,", "0.5361]", "n=22"]]
+    oracle = [ln for ln in lines if ln.lstrip().startswith("relevance=oracle") and "selective" in ln]
     assert len(oracle) == 1 and "selective k=20 tau=0.5" in oracle[0]
-    assert len(lines) == 2 + 2 * 2 + 1  # daam x2, hrv and random selective x2 each, oracle selective
+    assert len(lines) == 2 + 3 + 1  # daam x2 (hrv and random pooled), selective per config, conclusion
+
+
+def test_verdict_columns_align_at_any_label_length():
+    summary = sweep_summary()
+    summary["relevance"] = summary["relevance"].replace({"hrv": "hrv_" + "x" * 60})
+    rows = [ln for ln in verdict(summary, ["relevance"], "sweep").splitlines() if " selective " in ln]
+    assert len({ln.index("selective") for ln in rows}) == 1 and len({ln.index("Δ") for ln in rows}) == 1
+
+
+def test_conclusion_is_worded_by_the_signs_and_cis():
+    summary = sweep_summary()
+    sel = summary[(summary.method == "selective") & summary.tau.isin([0.4])].set_index(["relevance", "variant"])
+    assert [side(sel.loc[("random", k)]) for k in ("k=10", "k=20")] == ["worse", "worse"]  # CIs below 0
+    text = verdict(summary, ["relevance"], "sweep").splitlines()[-1]
+    assert "lose to DAAM at every k with relevance=random" in text
+    assert "do not differ clearly from DAAM at any k with relevance=oracle" in text
+    for_hrv = [side(sel.loc[("hrv", k)]) for k in ("k=10", "k=20")]  # at tau 0.4, the verdict's
+    assert for_hrv == ["better", "unclear"]
+    assert "compare mixed (better at k=10; unclear at k=20) with relevance=hrv" in text
+    moved = summary.copy()  # shift every selective CI above 0: the conclusion follows
+    is_sel = moved.method == "selective"
+    moved.loc[is_sel, ["diff_ci95_lo", "diff_ci95_hi"]] = [[0.01, 0.02]]
+    assert "beat DAAM at every k with relevance=hrv, relevance=random, relevance=oracle" in verdict(
+        moved, ["relevance"], "sweep").splitlines()[-1]
+
+

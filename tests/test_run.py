@@ -85,7 +85,7 @@ def test_sdxl_experiments_build_on_the_paper_setting(experiment, monkeypatch):
     assert cfg.model == paper.model and cfg.segmenter == paper.segmenter
 
 
-def test_end_to_end_then_rerun_recomputes_nothing(tmp_path, monkeypatch):
+def test_end_to_end_then_rerun_recomputes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     overrides = ["dataset.limit=3", "dataset.seeds=[0]", "model.generation.steps=2"]
     cfg = cfg_for(overrides)
@@ -94,6 +94,10 @@ def test_end_to_end_then_rerun_recomputes_nothing(tmp_path, monkeypatch):
     assert set(summary["method"]) == {"daam", "selective", "bottom_k"}
     md = (tmp_path / "run1" / "summary.md").read_text()
     assert "These numbers only check the pipeline" in md
+    # the console ends with this run's verdict, then the test segmenter's notice; verdict.txt holds the same
+    last = capsys.readouterr().out.rstrip().splitlines()[-2:]
+    assert last[0].startswith("conclusion: the selected heads") and last[1].startswith("These numbers only check")
+    assert (tmp_path / "run1" / "verdict.txt").read_text().rstrip().splitlines()[-2:] == last
     first = json.loads((tmp_path / "run1" / "stats.json").read_text())
     assert first["generate"]["generated"] == 3 and first["generate"]["bytes_per_sample"] > 0
     prov = first["provenance"]  # what produced the numbers, also in the header

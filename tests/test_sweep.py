@@ -3,6 +3,7 @@ the store and table of a 1-shard run, the multirun-end merge, `make report` and 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,8 +13,9 @@ from helpers import REPO, cfg_for
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from bench import INCOMPLETE
 from bench.run import run
-from bench.sweep import job_dirs, job_overrides, report_dir
+from bench.sweep import JOBS, job_dirs, job_overrides, report_dir
 
 BASE = ["dataset.limit=2", "dataset.seeds=[0]", "model.generation.steps=2", "model.generation.batch_size=1",
         "method=kcurve", "eval.tau=[0.3,0.5]", "relevance.draws=1"]
@@ -24,12 +26,23 @@ BLOCKS = "method.blocks"
 def sweep(tmp_path_factory):
     """2 shards x 2 head groups = 4 jobs in one `python -m bench -m` (the multirun end merges them)."""
     root = tmp_path_factory.mktemp("sweep")
-    env = {**os.environ, "BENCH_CACHE_DIR": str(root / "cache"), "BENCH_RUNS_DIR": str(root / "runs")}
+    env = {**os.environ, "BENCH_CACHE_DIR": str(root / "cache"), "BENCH_RUNS_DIR": str(root / "runs"),
+           "BENCH_VERDICTS": str(root / "verdicts.txt")}
     cmd = [sys.executable, "-m", "bench", "-m", *BASE, "report.figures=false", "shard=0/2,1/2",
            f"{BLOCKS}=[down],[up]", f"hydra.sweep.dir={root / 'sweep'}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (root / "stdout.txt").write_text(proc.stdout)
     return root
+
+
+def test_a_sweep_ends_with_its_verdict_and_collects_only_that(sweep):
+    """The jobs print no table; the merge prints the sweep's verdict last, and only it goes to $BENCH_VERDICTS."""
+    out = (sweep / "stdout.txt").read_text()
+    verdict = (sweep / "sweep" / "verdict.txt").read_text()
+    assert out.rstrip().endswith(verdict.rstrip()) and (sweep / "verdicts.txt").read_text() == verdict + "\n"
+    assert verdict.count("verdict of this sweep") == 1 and "blocks=[down]" in verdict
+    assert "summary at tau" not in out and out.count("stages: generated") == 4  # one line per job
 
 
 def test_joblib_launcher_runs_jobs_in_processes_on_the_shared_cache(sweep):
@@ -155,3 +168,31 @@ def test_submitit_local_launcher_jobs_share_the_cache_and_merge_like_one_process
     launched = pd.read_csv(sweep / "submitit" / "scores.csv").sort_values(key).reset_index(drop=True)
     one_process = pd.read_csv(sweep / "sweep" / "scores.csv").sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(launched, one_process)
+
+
+def test_a_bad_value_in_any_job_stops_the_sweep_before_the_first_job(tmp_path):
+    """The second job's k is bad: found before any job runs (it used to run job 0, stop, and merge one job)."""
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "bench", "-m", *BASE, "method.k=1,150%,25%",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: 1 of 3 jobs would fail, so none was started: job #1 (")
+    assert "k='150%' is not a head count" in proc.stderr and not (tmp_path / "sweep").exists()
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # the cache root was only checked
+
+
+def test_the_merge_counts_the_jobs_it_expected(sweep, tmp_path, capsys):
+    assert len(json.loads((sweep / "sweep" / JOBS).read_text())) == 4
+    assert "- jobs: 4 expected, 4 finished, 0 failed, 0 never finished" in (sweep / "sweep" / "summary.md").read_text()
+    partial = tmp_path / "partial"
+    shutil.copytree(sweep / "sweep", partial)
+    shutil.rmtree(partial / "2")  # never ran
+    (partial / "3" / INCOMPLETE).write_text("stopped before it finished: KeyboardInterrupt: stopped by signal "
+                                            "SIGTERM\n")
+    with pytest.raises(ValueError, match=r"4 expected, 2 finished, 1 failed \(#3 .*shard=1/2 .*stopped by signal "
+                                         r"SIGTERM\), 1 never finished \(#2\): rerun the sweep"):
+        report_dir(partial, figures=False)
+    summary = report_dir(partial, figures=False, partial=True)
+    assert set(summary["method"]) and "(a partial sweep, merged as asked)" in (partial / "summary.md").read_text()
+    assert "jobs: 4 expected, 2 finished" in capsys.readouterr().out

@@ -126,8 +126,8 @@ def across_seeds_text(path: Path) -> str:
         return f"across model seeds: {path} does not exist (scripts/shapes_world.py writes it)"
     world = json.loads(path.read_text())
     held = [c for c in world["conclusions"] if "every model seed" in c]
-    head = (f"across model seeds {world['model_seeds']} ({path}; {world['note']}): "
-            f"{len(held)} of {len(world['conclusions'])} comparisons hold for every seed")
+    head = (f"from the committed reference, not from this run ({path}; {world['note']}): across model seeds "
+            f"{world['model_seeds']}, {len(held)} of {len(world['conclusions'])} comparisons hold for every seed")
     return "\n".join([head, *(f"  - {c}" for c in world["conclusions"])])
 
 
