@@ -18,35 +18,31 @@ import json
 import textwrap
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from bench.cache import write_atomic
-from bench.report import config_label, curve_methods, reference_tau, single_tau_rows
+from bench.report import config_label, curve_methods, pooled, reference_tau, single_tau_rows
 
 #: overlay outlines: colours no shapes-world object has (its palette: red, green, blue, yellow, white)
 REFERENCE_OUTLINE, MASK_OUTLINE = "magenta", "cyan"
 
 
 def write_figures(summary: pd.DataFrame, out_dir: Path, by: list[str] = (), overlays: dict | None = None) -> list[Path]:
-    """Draw the four figures into `out_dir`; returns their paths."""
+    """Draw the figures this run has data for into `out_dir` (no placeholder files: a figure without data is not
+    written, and an older file of that name is removed); returns the paths written."""
     paths = []
     for name, fig in (("kcurve", kcurve_figure(summary, by)), ("groups", groups_figure(summary, by)),
                       ("tau", tau_figure(summary, by)), ("overlays", overlay_figure(overlays))):
         path = Path(out_dir) / f"fig_{name}.png"
+        if fig is None:
+            path.unlink(missing_ok=True)
+            continue
         fig.savefig(path, dpi=110, bbox_inches="tight")
         paths.append(path)
     return paths
-
-
-def _label(row: pd.Series, by: list[str], *parts: str) -> str:
-    return " ".join(p for p in (config_label(row, by), *parts) if p)
-
-
-def _placeholder(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, wrap=True)
-    ax.set_axis_off()
 
 
 def _panels(summary: pd.DataFrame, by: list[str], height: float = 3.8) -> tuple[Figure, list]:
@@ -61,13 +57,31 @@ def _panels(summary: pd.DataFrame, by: list[str], height: float = 3.8) -> tuple[
     return fig, [(ax, config_label(rows.iloc[0], by), rows) for ax, (_, rows) in zip(axes, groups)]
 
 
-def _colours(labels) -> dict[str, str]:
-    """One colour per label (a method, or "method variant"), the same in every panel: DAAM black, a random
-    control grey, the others from one palette in order of first appearance."""
-    palette = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
-                    "tab:olive", "tab:cyan"] * 4)
-    return {m: "black" if m.startswith("daam") else "grey" if "random" in m else next(palette)
-            for m in dict.fromkeys(labels)}
+# colour families: DAAM black, each head-ranking method one hue whose shades are its variants (k), controls grey,
+# chance maps earth tones; a method not listed takes the next of OTHER_COLOURS
+FAMILIES = {"selective": "Blues", "bottom_k": "Oranges", "kcurve": "Blues", "random_kcurve": "Greys"}
+FIXED = {"daam": "black", "centred_disc": "tab:brown", "end_of_text": "dimgrey", "other_word": "tab:olive"}
+OTHER_COLOURS = ("tab:green", "tab:red", "tab:purple", "tab:cyan", "tab:pink")
+
+
+def _colours(labels) -> dict[str, object]:
+    """One colour per label ("method" or "method variant"), the same in every panel, from the method's family."""
+    labels = list(dict.fromkeys(labels))
+    by_method: dict[str, list[str]] = {}
+    for label in labels:
+        by_method.setdefault(label.split(" ")[0], []).append(label)
+    others = iter(OTHER_COLOURS * 4)
+    out = {}
+    for method, members in by_method.items():
+        family = FAMILIES.get(method) or ("Greys" if "random" in method else None)
+        if method in FIXED:
+            out.update(dict.fromkeys(members, FIXED[method]))
+        elif family:
+            shades = matplotlib.colormaps[family](np.linspace(0.45, 0.9, len(members)))
+            out.update({m: tuple(c) for m, c in zip(members, shades)})
+        else:
+            out.update(dict.fromkeys(members, next(others)))
+    return out
 
 
 def _legend(fig: Figure, axes: list) -> None:
@@ -80,17 +94,14 @@ def _legend(fig: Figure, axes: list) -> None:
         fig.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize=7)
 
 
-def kcurve_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure:
+def kcurve_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure | None:
     """mIoU vs k at the reference tau, one panel per config: each k-curve with its 95% CI band (a random
     relevance's curve as a grey band), the DAAM line and band, point methods (selective k=...) with CI bars.
-    Without a k-curve (method=kcurve) it says so instead of drawing a few points that would read as a curve."""
+    None without a k-curve (method=kcurve): a few points would read as a curve."""
     by = list(by)
     curves = curve_methods(summary, by)
-    if not curves:
-        fig = Figure(figsize=(5, 2))
-        _placeholder(fig.subplots(), "no k-curve in this run: method=kcurve scores every k (fig_groups shows the "
-                                     "point methods)")
-        return fig
+    if not curves:  # method=kcurve scores every k; fig_groups shows the point methods
+        return None
     tau = reference_tau(summary["tau"])
     colours = _colours(summary["method"])
     fig, panels = _panels(summary[np.isclose(summary["tau"], tau)], by)
@@ -117,43 +128,53 @@ def kcurve_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure:
     return fig
 
 
-def groups_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure:
+def groups_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure | None:
     """Horizontal bars: mIoU with its CI per (config, method, variant) at the reference tau (at its own tau for a
-    row that has none there: a held-out oracle's calibrated tau)."""
+    row that has none there: a held-out oracle's calibrated tau); a row that is the same in several configs
+    (DAAM, chance maps) once, labelled with the configs it pools; a legend of the method colours."""
     by = list(by)
     tau = reference_tau(summary["tau"])
     rows = single_tau_rows(summary, by)
     rows = rows[~rows["method"].isin(curve_methods(summary, by))]
-    labels = [_label(r, by, r["method"], r["variant"], "" if np.isclose(r["tau"], tau) else f"tau={r['tau']:g}")
-              for _, r in rows.iterrows()]
-    fig = Figure(figsize=(7, 1 + 0.32 * max(len(rows), 1)))
-    ax = fig.subplots()
     if rows.empty:
-        _placeholder(ax, "no point method (daam / selective) in this run")
-        return fig
+        return None
+    shown = pooled(rows, by)
+    labels = [" ".join(p for p in (label, r["method"], r["variant"],
+                                   "" if np.isclose(r["tau"], tau) else f"tau={r['tau']:g}") if p)
+              for label, r in shown]
+    rows = pd.DataFrame([r for _, r in shown])
+    fig = Figure(figsize=(7, 1 + 0.32 * len(rows)), layout="constrained")
+    ax = fig.subplots()
     y = np.arange(len(rows))
     err = np.vstack([rows["mIoU"] - rows["ci95_lo"], rows["ci95_hi"] - rows["mIoU"]])
-    colours = _colours(summary["method"])
-    ax.barh(y, rows["mIoU"], xerr=np.nan_to_num(err), color=[colours[m] for m in rows["method"]], alpha=0.7,
-            capsize=2)
+    colours = _colours(rows["method"])
+    for method in dict.fromkeys(rows["method"]):
+        keep = (rows["method"] == method).to_numpy()
+        ax.barh(y[keep], rows["mIoU"][keep], xerr=np.nan_to_num(err[:, keep]), color=colours[method], alpha=0.8,
+                capsize=2, label=method)
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel(f"mIoU at tau = {tau:g}, else at the tau shown (95% CI over prompts)")
     ax.set_title("per config / block / resolution group")
     ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
     return fig
 
 
-def tau_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure:
-    """mIoU vs tau with CI bars per (method, variant) of the point methods, one panel per config."""
+def tau_figure(summary: pd.DataFrame, by: list[str] = ()) -> Figure | None:
+    """mIoU vs tau with CI bars per (method, variant) of the point methods, one panel per config scored at two
+    or more taus (a config at one tau, e.g. a held-out oracle at its calibrated tau, has no panel); None when
+    no config has two."""
     by = list(by)
     rows = summary[~summary["method"].isin(curve_methods(summary, by))]
+    if by:
+        rows = rows.groupby(by, sort=False).filter(lambda grp: grp["tau"].nunique() > 1)
+    elif rows["tau"].nunique() < 2:
+        rows = rows.iloc[:0]
     if rows.empty:
-        fig = Figure(figsize=(5, 3))
-        _placeholder(fig.subplots(), "no point method (daam / selective) in this run")
-        return fig
+        return None
     fig, panels = _panels(rows, by)
-    colours = _colours(rows["method"] + " " + rows["variant"])
+    colours = _colours(summary["method"] + " " + summary["variant"])
     for ax, label, grp_rows in panels:
         for (method, variant), grp in grp_rows.groupby(["method", "variant"], sort=False):
             grp = grp.sort_values("tau")
@@ -199,18 +220,18 @@ def load_overlays(path: Path) -> dict | None:
     return {"items": items}
 
 
-def overlay_figure(overlays: dict | None) -> Figure:
-    """Grid: per pair the image with the reference mask outline, then each method's heat map and mask at tau."""
+def overlay_figure(overlays: dict | None) -> Figure | None:
+    """Grid: per pair the image with the reference mask outline, then each method's heat map (min-max normalised,
+    as binarised; one colour bar) and its mask at tau; None without a pair to show."""
     if not overlays or not overlays["items"]:
-        fig = Figure(figsize=(4, 2))
-        _placeholder(fig.subplots(), "no scored pair with a reference mask to show")
-        return fig
+        return None
     items = overlays["items"]
     labels = list(dict.fromkeys(label for item in items for label in item["maps"]))
-    fig = Figure(figsize=(2.4 * (1 + len(labels)), 2.6 * len(items)), layout="constrained")
+    fig = Figure(figsize=(2.4 * (1 + len(labels)) + 0.6, 2.6 * len(items)), layout="constrained")
     axes = fig.subplots(len(items), 1 + len(labels), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
+    heat_image = None
     for i, item in enumerate(items):
         h, w = item["ref"].shape
         extent = (-0.5, w - 0.5, h - 0.5, -0.5)  # pixel centres at 0..w-1, where contour() draws the masks
@@ -219,12 +240,18 @@ def overlay_figure(overlays: dict | None) -> Figure:
         axes[i, 0].set_title(f"{_wrap(item['title'])}\nreference (magenta)", fontsize=6)
         for label, cell in item["maps"].items():
             ax = axes[i, 1 + labels.index(label)]
+            heat = cell["heat"] - cell["heat"].min()
+            heat = heat / heat.max() if heat.max() > 0 else heat  # (s, s) in [0, 1], what tau thresholds
             ax.imshow(item["image"], extent=extent)
-            ax.imshow(cell["heat"], cmap="jet", alpha=0.45, interpolation="bicubic", extent=extent)
+            heat_image = ax.imshow(heat, cmap="jet", alpha=0.45, interpolation="bicubic", extent=extent, vmin=0,
+                                   vmax=1)
             if cell["mask"].any():
                 ax.contour(cell["mask"], levels=[0.5], colors=MASK_OUTLINE, linewidths=1)
             ax.contour(item["ref"], levels=[0.5], colors=REFERENCE_OUTLINE, linewidths=0.6)
             ax.set_title(f"{_wrap(label)}\nmask > {cell['tau']:g} (cyan)", fontsize=6)
+    if heat_image is not None:
+        fig.colorbar(heat_image, ax=axes[:, 1:].ravel().tolist(), shrink=0.6,
+                     label="heat, min-max normalised (mask: > tau)")
     return fig
 
 

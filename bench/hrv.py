@@ -422,11 +422,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from bench import USER_ERRORS
-    from bench.perf import CONF_DIR
+    from bench import CONF_DIR, USER_ERRORS
     from bench.run import build
 
-    parser = argparse.ArgumentParser(prog="python -m bench.hrv", description=main.__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.hrv", description=" ".join(main.__doc__.split()))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=sdxl_random relevance.probe_limit=8"
                                                      " (relevance=hrv unless one is given)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this CSV file")

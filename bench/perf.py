@@ -33,7 +33,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bench import USER_ERRORS
+from bench import CONF_DIR, USER_ERRORS
 from bench.capture import HeadMapCapture
 from bench.generate import capture_batch
 from bench.heads import HeadIndex
@@ -43,7 +43,6 @@ from bench.provenance import device_info, versions
 from bench.run import build
 from bench.samples import Sample, make_samples
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GB = 1e9
 # (name, comparison, bound, what it is measured on); they are stated for SDXL at 1024 px on a GPU
 FLOORS = (

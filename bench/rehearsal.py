@@ -35,7 +35,7 @@ def run_pipeline(overrides: list[str], work: Path) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     import bench.run
-    from bench.perf import CONF_DIR
+    from bench import CONF_DIR
 
     cache = work / "cache"
     GlobalHydra.instance().clear()

@@ -239,7 +239,7 @@ def _interval(lo: float, hi: float, estimate: float) -> str:
     return f"(degenerate CI: {flaw})" if flaw else f"[{lo:.4f}, {hi:.4f}]"
 
 
-def _pooled(rows: pd.DataFrame, by: list[str]) -> list[tuple[str, pd.Series]]:
+def pooled(rows: pd.DataFrame, by: list[str]) -> list[tuple[str, pd.Series]]:
     """(config label, row) per row; a (method, variant, tau) whose mIoU and n are the same in several configs
     (DAAM in every job of a sweep over selective's settings) given once, labelled with the configs it pools
     (`relevance=hrv,random`)."""
@@ -298,7 +298,7 @@ def verdict(summary: pd.DataFrame, by: list[str] = (), what: str = "run") -> str
     rows = rows[~rows["method"].isin(curve_methods(summary, by))]
     chance = rows[rows["method"].isin(CHANCE_METHODS)]
     table = []
-    for label, r in _pooled(rows[rows["method"].eq("daam")], by):
+    for label, r in pooled(rows[rows["method"].eq("daam")], by):
         table.append([label, f"DAAM{'' if np.isclose(r['tau'], tau) else f' tau={r.tau:g}'}", f"{r.mIoU:.4f}",
                       _interval(r["ci95_lo"], r["ci95_hi"], r["mIoU"]), "", "", f"n={r.n_pairs}"])
     selective = {}

@@ -13,7 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
@@ -24,12 +23,12 @@ from bench import INCOMPLETE, USER_ERRORS
 from bench.cache import write_atomic
 from bench.checks import preflight
 from bench.figures import OVERLAYS, load_overlays, save_overlays, write_figures
-from bench.report import COLUMNS, config_label, summarise, write_summary, write_verdict
+from bench.report import COLUMNS, HEADLINE_K, config_label, summarise, write_summary, write_verdict
 from bench.store import read_table, write_table
 
 NOT_GROUPED = {"shard", "dataset.seeds", "eval.tau"}
 DEFAULT = "(default)"  # a column's value for jobs that did not override that key
-MAX_OVERLAY_MAPS = 8
+MAX_OVERLAY_ITEMS = 4  # (sample, word) pairs in a merged fig_overlays.png
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -136,7 +135,8 @@ def _header(path: Path, jobs: list[Path], by: list[str], table: pd.DataFrame) ->
 
 
 def _merged_overlays(jobs: list[Path], by: list[str]) -> dict | None:
-    """Overlay items of all jobs, maps labelled by their job's config (identical maps, e.g. DAAM's, kept once)."""
+    """Overlay items of all jobs (the first MAX_OVERLAY_ITEMS pairs), with chosen columns: DAAM once, then each
+    job's selective map at the headline k (report.HEADLINE_K), labelled by the job's config."""
     merged: dict | None = None
     for job in jobs:
         data = load_overlays(job / OVERLAYS)
@@ -149,17 +149,29 @@ def _merged_overlays(jobs: list[Path], by: list[str]) -> dict | None:
         for item in data["items"]:
             target = items.get(item["title"])
             if target is None:
-                if len(merged["items"]) == 4:
+                if len(merged["items"]) == MAX_OVERLAY_ITEMS:
                     continue
                 target = {**item, "maps": {}}
                 merged["items"].append(target)
                 items[item["title"]] = target
-            budget = max(1, MAX_OVERLAY_MAPS // len(jobs))  # every job's config gets columns
-            for name, cell in item["maps"].items():
-                if budget and not any(np.array_equal(cell["heat"], other["heat"]) for other in target["maps"].values()):
-                    target["maps"][f"{label} {name}".strip()] = cell
-                    budget -= 1
+            for name in overlay_columns(item["maps"]):
+                if name.startswith("daam "):
+                    if not any(shown.startswith("daam ") for shown in target["maps"]):
+                        target["maps"][name] = item["maps"][name]
+                else:
+                    target["maps"][f"{label} {name}".strip()] = item["maps"][name]
     return merged
+
+
+def overlay_columns(maps: dict) -> list[str]:
+    """Of one job's overlay maps, those a merged figure shows: DAAM's, and the selective method's at the headline
+    k (else its middle k)."""
+    selective = [name for name in maps if name.startswith("selective ")]
+    chosen = [name for name in maps if name.startswith("daam ")][:1]
+    if selective:
+        headline = f"selective {HEADLINE_K}"
+        chosen.append(headline if headline in selective else selective[len(selective) // 2])
+    return chosen
 
 
 JOBS = "sweep_jobs.json"  # the jobs a sweep launches (each one's overrides), written before the first starts

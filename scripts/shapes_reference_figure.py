@@ -9,7 +9,7 @@ Run after `make bench`:
 import sys
 from pathlib import Path
 
-from bench.figures import load_overlays, overlay_figure
+from bench.figures import OVERLAYS, load_overlays, overlay_figure
 
 METHODS = ("daam all", "selective k=25%")
 
@@ -17,7 +17,7 @@ METHODS = ("daam all", "selective k=25%")
 def main(image_run: str, generated_run: str, out: str = "results/reference/shapes_samples.png") -> None:
     items = []
     for run, label in ((image_run, "image mode, exact mask"), (generated_run, "generated, colour pseudo mask")):
-        overlays = load_overlays(Path(run) / "overlays.npz")
+        overlays = load_overlays(Path(run) / OVERLAYS)
         for item in overlays["items"]:
             maps = {m: item["maps"][m] for m in METHODS}
             items.append({**item, "title": f"{label}: {item['title']}", "maps": maps})

@@ -6,6 +6,7 @@ import torch
 
 from bench.cache import StageStore
 from bench.hrv import HeadVoter, embed_words, hrv_stage, load_concepts, load_hrv, relevance_vectors, target_word_wins
+from bench.hrv import main as hrv_main
 from bench.prompts import load_prompt_set
 from bench.relevance import FileRelevance
 
@@ -187,3 +188,10 @@ def test_forced_heads_win_their_concept_and_their_word():
     assert vectors[1, h_concept] == vectors[1].max() and vectors[1, h_concept] > 1.0
     word_vector = relevance_vectors(voter.word_votes.numpy(), voter.calls.numpy())[0]
     assert word_vector[h_word] == word_vector.max() > 1.0
+
+
+def test_cli_help_prints_the_whole_description(capsys):
+    with pytest.raises(SystemExit):
+        hrv_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "prints the start token's share of the voting softmax per attn2 layer; returns that table." in text

@@ -44,7 +44,8 @@ def test_wandb_offline_run_holds_config_summary_and_tables(tmp_path, monkeypatch
     scores, = (files / "media" / "table").glob("scores_*.table.json")
     logged = json.loads(scores.read_text())
     assert len(logged["data"]) == len(table) and logged["columns"] == list(table.columns)
-    assert len(list((files / "media" / "images" / "figures").glob("fig_*.png"))) == 4
+    assert [p.name for p in figures] == ["fig_groups.png", "fig_overlays.png"]  # one tau, no k-curve
+    assert len(list((files / "media" / "images" / "figures").glob("fig_*.png"))) == len(figures)
     assert list((files / "media" / "images" / "mask").glob("*.mask.png"))  # overlay masks
     # config and summary records in W&B's own log (wandb-core may still be flushing it after finish())
     log = run_dir / f"run-{run_dir.name.rsplit('-', 1)[1]}.wandb"

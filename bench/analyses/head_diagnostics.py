@@ -34,6 +34,10 @@ from bench.report import degenerate
 from bench.samples import Sample
 from bench.store import GenerateStore, MaskStore
 
+# the bars' relevance sources and the scatters' blocks never share a colour (blocks also differ by marker)
+SOURCE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:brown")
+BLOCK_STYLE = {"down": ("black", "v"), "mid": ("tab:purple", "s"), "up": ("tab:olive", "^")}
+
 
 def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman rho of x (n,) with each row of y (B, n), average ranks for ties; NaN where either is constant."""
@@ -235,7 +239,8 @@ class HeadDiagnostics(Analysis):
             rows = table[table["source"] == source].set_index("group").loc[groups]
             x = np.arange(len(groups)) + (i - (len(sources) - 1) / 2) * width
             err = np.clip(np.vstack([rows["rho"] - rows["ci95_lo"], rows["ci95_hi"] - rows["rho"]]), 0, None)
-            ax.bar(x, rows["rho"], width, yerr=np.nan_to_num(err), capsize=2, label=source)
+            ax.bar(x, rows["rho"], width, yerr=np.nan_to_num(err), capsize=2, label=source,
+                   color=SOURCE_COLOURS[i % len(SOURCE_COLOURS)])
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(np.arange(len(groups)), groups, rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("Spearman rho (relevance, single-head IoU)")
@@ -245,7 +250,8 @@ class HeadDiagnostics(Analysis):
             pct, iou = scatter[source]
             for block in dict.fromkeys(blocks):
                 keep = blocks == block
-                ax.scatter(pct[keep], iou[keep], s=8, label=block)
+                colour, marker = BLOCK_STYLE[block]
+                ax.scatter(pct[keep], iou[keep], s=10, c=colour, marker=marker, label=f"{block} block")
             ax.set_title(source, fontsize=8)
             ax.set_xlabel("relevance percentile (mean over words)")
             ax.set_ylabel("single-head IoU (held out)")
