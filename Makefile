@@ -10,7 +10,7 @@ DIR ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-gsam test-slow smoke run bench train-shapes train-shapes-all report bench-kcurve lint clean-cache perf gpu-wheels gpu-check gpu-train-shapes
+.PHONY: help setup test test-gsam test-slow slurm-up slurm-down test-slurm smoke run bench train-shapes train-shapes-all report bench-kcurve lint clean-cache perf gpu-wheels gpu-check gpu-train-shapes
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,6 +45,15 @@ test-gsam: $(GSAM_PY)  ## build .venv-gsam (groundingdino-py + segment-anything 
 
 test-slow:  ## the slower end-to-end checks
 	$(PY) -m pytest -q -m slow
+
+slurm-up:  ## a single-node Slurm with accounting on this machine (root; installs Debian's packages when missing)
+	scripts/slurm_local.sh up
+
+slurm-down:  ## stop exactly the Slurm daemons slurm-up started
+	scripts/slurm_local.sh down
+
+test-slurm:  ## sweeps through the real Slurm of slurm-up (submitit_slurm_cpu launcher)
+	$(PY) -m pytest -q -m slurm tests/test_slurm.py
 
 smoke:  ## tiny_sdxl, 6 prompts x 2 seeds, CPU, offline: checks the whole pipeline (its numbers mean nothing)
 	$(PY) -m bench experiment=smoke $(ARGS)

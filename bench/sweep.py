@@ -74,7 +74,8 @@ def job_count(path: Path) -> tuple[str, bool]:
     expected = json.loads((path / JOBS).read_text()) if (path / JOBS).exists() else None
     finished = {p.name for p in job_dirs(path)}
     failed = {p.parent.name: p.read_text().strip() for p in sorted(path.glob(f"*/{INCOMPLETE}"))}
-    named = expected or []
+    common = set.intersection(*map(set, expected)) if expected else set()
+    named = [[o for o in job if o not in common] for job in expected or []]  # what tells the jobs apart
     failures = "".join(f" (#{n}{' ' + ' '.join(named[int(n)]) if n.isdigit() and int(n) < len(named) else ''}: "
                        f"{why})" for n, why in failed.items())
     if expected is None:

@@ -1,0 +1,69 @@
+"""Sweeps through a real Slurm (`scripts/slurm_local.sh up`, then `make test-slurm`): Hydra's submitit launcher
+(`hydra/launcher=submitit_slurm_cpu`) submits the jobs to slurmctld, sacct answers their states (accounting
+through slurmdbd), and the merged table equals the one-process one. Deselected from `make test` (marker
+`slurm`): they need the daemons, which `.ci/run` starts and stops around them.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import REPO
+
+from bench import INCOMPLETE
+from bench.sweep import report_dir
+
+pytestmark = pytest.mark.slurm
+
+BASE = ["dataset.limit=2", "dataset.seeds=[0]", "model.generation.steps=2", "model.generation.batch_size=1",
+        "report.figures=false", "relevance.draws=1", "eval.workers=1"]
+KEY = ["method.blocks", "sample_id", "word", "method", "variant", "tau"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """The cluster must be up: a missing one fails here, it is not skipped."""
+    if shutil.which("sinfo") is None:
+        pytest.fail("no Slurm client here: run scripts/slurm_local.sh up (make slurm-up) first")
+    state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30).stdout.split()
+    assert "idle" in state or "mixed" in state, f"no idle Slurm node (sinfo: {state}): make slurm-up"
+
+
+def sweep(tmp: Path, *overrides: str, launcher: str = "submitit_slurm_cpu") -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp / "cache"), "BENCH_RUNS_DIR": str(tmp / "runs")}
+    cmd = [sys.executable, "-m", "bench", "-m", *BASE, f"hydra/launcher={launcher}", *overrides,
+           f"hydra.sweep.dir={tmp / 'sweep'}"]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+
+
+def test_a_sharded_sweep_through_slurm_equals_the_one_process_table(tmp_path):
+    """2 shards x 2 head groups = 4 Slurm jobs (an array) on one shared cache; sacct answers, so submitit prints no
+    'Bypassing sacct' warning; the merged table has the same rows and IoUs as the basic launcher's."""
+    slurm = sweep(tmp_path / "slurm", "shard=0/2,1/2", "method.blocks=[down],[up]")
+    assert slurm.returncode == 0, slurm.stderr[-3000:]
+    assert "Bypassing sacct" not in slurm.stdout + slurm.stderr
+    local = sweep(tmp_path / "local", "method.blocks=[down],[up]", launcher="basic")
+    assert local.returncode == 0, local.stderr[-3000:]
+    merged = pd.read_csv(tmp_path / "slurm" / "sweep" / "scores.csv").sort_values(KEY).reset_index(drop=True)
+    one = pd.read_csv(tmp_path / "local" / "sweep" / "scores.csv").sort_values(KEY).reset_index(drop=True)
+    pd.testing.assert_frame_equal(merged[one.columns.drop("shard", errors="ignore")],
+                                  one[one.columns.drop("shard", errors="ignore")], check_dtype=False)
+    assert "jobs: 4 expected, 4 finished, 0 failed" in (tmp_path / "slurm" / "sweep" / "summary.md").read_text()
+
+
+def test_a_job_that_fails_on_slurm_is_named_by_the_merge(tmp_path):
+    """One job asks for a map resolution the model lacks (a value checked against the model's heads, so inside
+    the job): the other job finishes, the sweep exits non-zero, and the merge refuses the partial sweep naming
+    the failed job and why; --partial merges what finished."""
+    proc = sweep(tmp_path, "method.resolutions=null,7")
+    assert proc.returncode != 0
+    assert (tmp_path / "sweep" / "1" / INCOMPLETE).exists() and (tmp_path / "sweep" / "0" / "scores.csv").exists()
+    with pytest.raises(ValueError, match=r"2 expected, 1 finished, 1 failed \(#1 method.resolutions=7: stopped "
+                                         r"before it finished: ValueError: .*no heads at resolution 7"):
+        report_dir(tmp_path / "sweep", figures=False)
+    summary = report_dir(tmp_path / "sweep", figures=False, partial=True)
+    assert len(summary) and "(a partial sweep, merged as asked)" in (tmp_path / "sweep" / "summary.md").read_text()
