@@ -1,7 +1,9 @@
 """Multirun merge: every job of a Hydra sweep -> one long table (the job's overrides as columns), one summary
 (Markdown, CSV, LaTeX) and one set of figures, in the sweep directory.
 
-`MergeSweep` runs it when a multirun ends (hydra.callbacks.merge_sweep in conf/config.yaml);
+`MergeSweep` (hydra.callbacks.merge_sweep in conf/config.yaml) checks every job's config and writes the job list
+(`sweep_jobs.json`) before the first job starts, and runs the merge when a multirun ends, counting the jobs
+against that list;
 `python -m bench.sweep DIR` (`make report DIR=...`) runs it on a finished sweep directory, or re-reports a
 single run directory. Overrides in NOT_GROUPED choose which rows a job scores (samples, seeds, taus) and are
 already in the rows, so their jobs are pooled, not compared: a `shard=i/n` sweep merges into one table.
@@ -29,6 +31,7 @@ from bench.store import read_table, write_table
 NOT_GROUPED = {"shard", "dataset.seeds", "eval.tau"}
 DEFAULT = "(default)"  # a column's value for jobs that did not override that key
 MAX_OVERLAY_ITEMS = 4  # (sample, word) pairs in a merged fig_overlays.png
+JOBS = "sweep_jobs.json"  # the jobs a sweep launches (each one's overrides), written before the first starts
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -173,9 +176,6 @@ def overlay_columns(maps: dict) -> list[str]:
         headline = f"selective {HEADLINE_K}"
         chosen.append(headline if headline in selective else selective[len(selective) // 2])
     return chosen
-
-
-JOBS = "sweep_jobs.json"  # the jobs a sweep launches (each one's overrides), written before the first starts
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
