@@ -5,6 +5,7 @@ from pathlib import Path
 
 CODE_VERSION = "3"  # bump when a stage's stored output changes meaning; it is part of every cache key
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the Hydra configs, for CLIs that compose them
+BLOCKS = ("down", "mid", "up")  # UNet block groups a config may name (method.blocks), in forward order
 INCOMPLETE = "INCOMPLETE"  # marker file of a run folder whose run failed or was stopped: never read as a result
 
 

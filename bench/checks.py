@@ -21,11 +21,10 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from bench import ModelUnavailableError, StoreWriteError
+from bench import BLOCKS, ModelUnavailableError, StoreWriteError
 from bench.prompts import load_prompt_set
 from bench.samples import parse_shard
 
-BLOCKS = ("down", "mid", "up")  # UNet block groups a config may name (method.blocks), in forward order
 SELECTIVE_TARGETS = ("bench.evaluate.Selective", "bench.evaluate.KCurve")  # method nodes checked here
 HUB_TIMEOUT_S = 3  # one request per missing model, no retries
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from bench.checks import BLOCKS
+from bench import BLOCKS
 
 DAAM_BLOCK_ORDER = ("up", "down", "mid")
 
