@@ -4,6 +4,7 @@ through slurmdbd), and the merged table equals the one-process one. Deselected f
 `slurm`): they need the daemons, which `.ci/run` starts and stops around them.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -33,8 +34,10 @@ def cluster():
     assert "idle" in state or "mixed" in state, f"no idle Slurm node (sinfo: {state}): make slurm-up"
 
 
-def sweep(tmp: Path, *overrides: str, launcher: str = "submitit_slurm_cpu") -> subprocess.CompletedProcess:
-    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp / "cache"), "BENCH_RUNS_DIR": str(tmp / "runs")}
+def sweep(tmp: Path, *overrides: str, launcher: str = "submitit_slurm_cpu",
+          cache: Path | None = None) -> subprocess.CompletedProcess:
+    """A sweep into tmp/sweep on the stage cache tmp/cache (or `cache`)."""
+    env = {**os.environ, "BENCH_CACHE_DIR": str(cache or tmp / "cache"), "BENCH_RUNS_DIR": str(tmp / "runs")}
     cmd = [sys.executable, "-m", "bench", "-m", *BASE, f"hydra/launcher={launcher}", *overrides,
            f"hydra.sweep.dir={tmp / 'sweep'}"]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
@@ -67,3 +70,20 @@ def test_a_job_that_fails_on_slurm_is_named_by_the_merge(tmp_path):
         report_dir(tmp_path / "sweep", figures=False)
     summary = report_dir(tmp_path / "sweep", figures=False, partial=True)
     assert len(summary) and "(a partial sweep, merged as asked)" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
+def test_one_at_a_time_and_all_at_once_on_one_shared_cache_give_the_same_table(tmp_path):
+    """An array with array_parallelism=1, then the same sweep with every job at once on a fresh cache, then that
+    sweep again on the first cache: the same table each time, nothing regenerated the third time, no item of the
+    shared cache reported invalid."""
+    sequential = sweep(tmp_path / "one", "shard=0/2,1/2", "hydra.launcher.array_parallelism=1")
+    together = sweep(tmp_path / "all", "shard=0/2,1/2")
+    assert sequential.returncode == 0 and together.returncode == 0, sequential.stderr[-2000:] + together.stderr[-2000:]
+    tables = [pd.read_csv(tmp_path / name / "sweep" / "scores.csv").sort_values(KEY[1:]).reset_index(drop=True)
+              for name in ("one", "all")]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    again = sweep(tmp_path / "again", "shard=0/2,1/2", cache=tmp_path / "one" / "cache")
+    logs = list((tmp_path / "again" / "sweep" / ".submitit").rglob("*_log.err"))  # the jobs' own stderr
+    assert again.returncode == 0 and len(logs) == 2 and not any("warning:" in p.read_text() for p in logs)
+    stats = [json.loads(p.read_text()) for p in sorted((tmp_path / "again" / "sweep").glob("*/stats.json"))]
+    assert len(stats) == 2 and all(s["generate"]["generated"] == 0 for s in stats)
