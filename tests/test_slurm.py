@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -87,3 +88,34 @@ def test_one_at_a_time_and_all_at_once_on_one_shared_cache_give_the_same_table(t
     assert again.returncode == 0 and len(logs) == 2 and not any("warning:" in p.read_text() for p in logs)
     stats = [json.loads(p.read_text()) for p in sorted((tmp_path / "again" / "sweep").glob("*/stats.json"))]
     assert len(stats) == 2 and all(s["generate"]["generated"] == 0 for s in stats)
+
+
+def test_scancel_mid_generation_then_the_same_command_finishes_from_the_cache(tmp_path):
+    """`scancel` once the first sample is stored; the same command again finishes, generates only what was
+    missing (every sample stored before the cancel is read from the cache), and its table equals a clean run's."""
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
+    args = ["dataset.limit=6", "model.generation.steps=4", "shard=0/2,1/2"]
+    cmd = [sys.executable, "-m", "bench", "-m", *BASE[2:], *args, "hydra/launcher=submitit_slurm_cpu",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "cache").glob("generate/*/samples/*.safetensors.sum")):
+        assert time.monotonic() < deadline and first.poll() is None, "no sample stored before the sweep ended"
+        time.sleep(0.05)
+    jobs = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True).stdout.split()
+    subprocess.run(["scancel", *jobs], check=True)
+    assert first.wait(timeout=300) != 0
+    stored = {p.name for p in (tmp_path / "cache").glob("generate/*/samples/*.safetensors")}
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    stats = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/stats.json"))]
+    assert sum(s["generate"]["cached"] for s in stats) >= len(stored) >= 1
+    assert sum(s["generate"]["generated"] + s["generate"]["cached"] for s in stats) == 6 * 2  # 6 prompts x 2 seeds
+    clean_env = {**env, "BENCH_CACHE_DIR": str(tmp_path / "clean" / "cache")}
+    clean = subprocess.run([*cmd[:-2], "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'clean' / 'sweep'}"],
+                           cwd=REPO, env=clean_env, capture_output=True, text=True, timeout=400)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    key = KEY[1:]
+    tables = [pd.read_csv(tmp_path / name / "scores.csv").sort_values(key).reset_index(drop=True)
+              for name in ("sweep", "clean/sweep")]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
