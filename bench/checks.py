@@ -12,6 +12,7 @@ lacks) are checked by `bench.run` from the UNet's config.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -227,6 +228,7 @@ def hub_offline(local_files_only: bool | None = None) -> bool:
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+@functools.lru_cache(maxsize=None)  # a sweep's jobs name the same models: look each up once
 def _cached(repo_id: str, filename: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
@@ -236,6 +238,7 @@ def _cached(repo_id: str, filename: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)  # one hub request per model per process, however many jobs name it
 def _hub_refuses(repo_id: str) -> str | None:
     """None when the hub answers for `repo_id` (the run will download it); otherwise why not, in a few words."""
     from huggingface_hub import model_info

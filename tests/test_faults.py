@@ -28,10 +28,11 @@ import PIL.Image
 import pytest
 import torch
 from helpers import REPO, FixedRelevance
+from omegaconf import OmegaConf
 from test_run import cfg_for
 
 import bench.models
-from bench import INCOMPLETE, StoreWriteError
+from bench import INCOMPLETE, ModelUnavailableError, StoreWriteError
 from bench.__main__ import stopped
 from bench.aggregate import mean_of_heads, word_head_maps
 from bench.cache import StageStore, sweep_temporaries, write_atomic
@@ -701,3 +702,27 @@ def test_a_linked_item_reads_as_its_own_with_its_own_record(tmp_path):
     assert json.loads(store.file("masks/s0001.json.sum").read_text())["path"] == "masks/s0001.json"
     with pytest.raises(ValueError, match="belongs to 'pool0', expected 's0001'"):
         store.load_json("masks/pool0.json", owner="s0001")
+
+
+def test_a_missing_model_costs_one_hub_request_however_many_jobs_name_it(monkeypatch, tmp_path):
+    """check_jobs runs preflight per job, and run() repeats it: the hub is asked once per model per process."""
+    import huggingface_hub
+
+    from bench import checks
+
+    calls = []
+
+    def refuse(repo_id, timeout):
+        calls.append(repo_id)
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", refuse)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    checks._hub_refuses.cache_clear()
+    cfg = OmegaConf.create({"model": {"loader": {"model_id": "nobody/absent-model"}}})
+    for _ in range(3):
+        with pytest.raises(ModelUnavailableError, match="nobody/absent-model .* the hub did not provide it"):
+            checks.check_models(cfg)
+    assert calls == ["nobody/absent-model"]
+    checks._hub_refuses.cache_clear()
