@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from hydra.utils import get_method
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from bench import ModelUnavailableError
@@ -32,6 +33,40 @@ from bench.checks import hub_offline
 from bench.devices import resolve_device, resolve_dtype
 from bench.heads import HeadIndex
 from bench.tokenizer import clip_tokenizer
+
+UnetLayout = Callable[[Mapping[str, Any]], tuple[dict, tuple[int, int]]]
+
+
+def describes_heads(layout: UnetLayout) -> Callable:
+    """Decorator of a model loader: `layout(loader config)` gives its UNet config and latent (h, w) without
+    loading weights, which `head_index_from_config` turns into the model's heads."""
+    def attach(build: Callable) -> Callable:
+        build.unet_layout = layout
+        return build
+    return attach
+
+
+def _latent_hw(loader: Mapping[str, Any], vae_config: Mapping[str, Any]) -> tuple[int, int]:
+    """Latent (h, w) of the loader's image size under a VAE with this config."""
+    factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    return int(loader["height"]) // factor, int(loader["width"]) // factor
+
+
+def _shapes_layout(loader: Mapping[str, Any]) -> tuple[dict, tuple[int, int]]:
+    config = UNet2DConditionModel.load_config(Path(loader["path"]) / "unet")
+    return config, (config["sample_size"], config["sample_size"])  # pixel space: latent = image
+
+
+def _pretrained_layout(loader: Mapping[str, Any]) -> tuple[dict, tuple[int, int]]:
+    model_id, vae_id = str(loader["model_id"]), loader.get("vae_id")
+    local_only = hub_offline(loader.get("local_files_only"))
+    try:
+        config = UNet2DConditionModel.load_config(model_id, subfolder="unet", local_files_only=local_only)
+        vae = (AutoencoderKL.load_config(vae_id, local_files_only=local_only) if vae_id else
+               AutoencoderKL.load_config(model_id, subfolder="vae", local_files_only=local_only))
+    except (OSError, ValueError) as err:
+        raise unavailable(str(vae_id or model_id), err) from None
+    return config, _latent_hw(loader, vae)
 
 
 @dataclass
@@ -122,6 +157,7 @@ class T2IModel:
             self.unet(scheduler.scale_model_input(x_t, t), t, **cond)
 
 
+@describes_heads(_shapes_layout)
 def load_shapes(path: str, heatmap_size: int = 32, device: str = "cpu") -> T2IModel:
     """The shapes-world model the project trains (`make train-shapes`): pixel-space diffusion, the image side is
     its UNet's sample_size.
@@ -154,6 +190,7 @@ def _wrap(name: str, pipe: DiffusionPipeline, height: int, width: int, heatmap_s
                     _daam_latent_hw(pipe), device, dtype)
 
 
+@describes_heads(_pretrained_layout)
 def load_pretrained(name: str, kind: str, model_id: str, height: int, width: int, heatmap_size: int = 64,
                     device: str = "auto", dtype: str = "auto", variant: str | None = None,
                     vae_id: str | None = None, local_files_only: bool | None = None) -> T2IModel:
@@ -190,6 +227,7 @@ def _sdxl_scheduler() -> EulerDiscreteScheduler:
                                   timestep_spacing="leading")
 
 
+@describes_heads(lambda loader: (TINY_UNET_CONFIG, _latent_hw(loader, TINY_VAE_CONFIG)))
 def build_tiny_sdxl(height: int = 128, width: int = 128, seed: int = 0, heatmap_size: int = 64,
                     device: str = "cpu") -> T2IModel:
     """SDXL architecture in miniature with seeded random weights, built offline in about a second.
@@ -256,6 +294,7 @@ SDXL_TEXT_CONFIGS = (
 )
 
 
+@describes_heads(lambda loader: (SDXL_UNET_CONFIG, _latent_hw(loader, SDXL_VAE_CONFIG)))
 def build_sdxl_random(height: int = 1024, width: int = 1024, seed: int = 0, heatmap_size: int = 64,
                       device: str = "auto", dtype: str = "auto") -> T2IModel:
     """SDXL base 1.0 at full size (UNet, VAE, both text encoders) with seeded random weights, no download.
@@ -288,27 +327,16 @@ def build_sdxl_random(height: int = 1024, width: int = 1024, seed: int = 0, heat
 def head_index_from_config(loader: Mapping[str, Any]) -> HeadIndex | None:
     """The HeadIndex of the model `loader` (a model.loader config) builds, from configurations alone: the UNet
     is built on the meta device, no weights are read, so values checked against the heads fail before the
-    model loads. None for a loader not known here (its values are checked right after it loads)."""
-    target = str(loader.get("_target_", "")).rsplit(".", 1)[-1]
-    if target == "build_tiny_sdxl":
-        config, factor = TINY_UNET_CONFIG, 2 ** (len(TINY_VAE_CONFIG["block_out_channels"]) - 1)
-    elif target == "build_sdxl_random":
-        config, factor = SDXL_UNET_CONFIG, 2 ** (len(SDXL_VAE_CONFIG["block_out_channels"]) - 1)
-    elif target == "load_shapes":
-        config, factor = UNet2DConditionModel.load_config(Path(loader["path"]) / "unet"), 1
-        loader = {"height": config["sample_size"], "width": config["sample_size"]}  # pixel space: latent = image
-    elif target == "load_pretrained":
-        model_id, vae_id = str(loader["model_id"]), loader.get("vae_id")
-        local_only = hub_offline(loader.get("local_files_only"))
-        try:
-            config = UNet2DConditionModel.load_config(model_id, subfolder="unet", local_files_only=local_only)
-            vae = (AutoencoderKL.load_config(vae_id, local_files_only=local_only) if vae_id else
-                   AutoencoderKL.load_config(model_id, subfolder="vae", local_files_only=local_only))
-        except (OSError, ValueError) as err:
-            raise unavailable(str(vae_id or model_id), err) from None
-        factor = 2 ** (len(vae["block_out_channels"]) - 1)
-    else:
+    model loads. None for a loader that does not describe its heads (`describes_heads`): its values are checked
+    right after it loads."""
+    try:
+        build = get_method(str(loader.get("_target_", "")))
+    except (ImportError, ValueError, AttributeError):
         return None
+    layout = getattr(build, "unet_layout", None)
+    if layout is None:
+        return None
+    config, latent_hw = layout(loader)
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)
-    return HeadIndex.from_unet(unet, (int(loader["height"]) // factor, int(loader["width"]) // factor))
+    return HeadIndex.from_unet(unet, latent_hw)

@@ -252,6 +252,13 @@ def pooled(rows: pd.DataFrame, by: list[str]) -> list[tuple[str, pd.Series]]:
     return out
 
 
+def summary_header(title: str, facts: dict[str, str], notice: str = "") -> list[str]:
+    """summary.md's header lines: the title, in bold the notice of a test segmenter (numbers that only check the
+    pipeline), then one bullet per fact of the run (model, prompts, ground truth, relevance, cache, ...)."""
+    return [f"# {title}", "", *([f"**{notice}**", ""] if notice else []),
+            *(f"- {name}: {value}" for name, value in facts.items())]
+
+
 def write_summary(summary: pd.DataFrame, run_dir: Path, header: list[str], by: list[str] = ()) -> str:
     """Write summary.csv (every group, numeric), summary.md and summary.tex (header first); returns the Markdown."""
     summary.to_csv(run_dir / "summary.csv", index=False)

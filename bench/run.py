@@ -27,7 +27,7 @@ from bench.heads import HeadIndex
 from bench.models import head_index_from_config
 from bench.prompts import load_prompt_set, mask_files_hash, prompt_set_hash, token_positions
 from bench.provenance import REPO, describe, provenance
-from bench.report import summarise, write_summary, write_verdict
+from bench.report import summarise, summary_header, write_summary, write_verdict
 from bench.samples import make_samples, shard
 from bench.segment import FileMaskSegmenter, segment_stage
 from bench.store import GenerateStore, MaskStore, write_table
@@ -126,21 +126,19 @@ def _run(cfg: DictConfig, run_dir: Path, logger, job: bool) -> pd.DataFrame:
     prov = provenance(model.device, model.dtype)
     title = cfg.get("title") or f"{model.name} on {Path(dataset_path).stem}, pseudo ground truth {segmenter.name}"
     images = {"generated": "generated images", "image": "given images"}[cfg.capture.source]
-    header = [f"# {title}", "",
-              f"- model: {model.name}, {model.height}x{model.width}, {gen.steps} steps, CFG {gen.guidance_scale}",
-              f"- prompts: {repo_relative(dataset_path)} ({len(rows)} prompts x seeds {seeds}, {images})",
-              f"- pseudo ground truth: {segmenter.name}",
-              f"- relevance: {relevance.describe() if relevance else 'none'}",
-              *(f"- relevance of {name}: {source.describe()}" for name, source in own.items()),
-              f"- binarisation: bicubic to image size, min-max, > tau = {cfg.eval.tau}",
-              *(f"- {m.name}: every k; masks compared on the {m.size}x{m.size} grid (reference area-downsampled), "
-                "not at image size" for m in methods if isinstance(m, KCurve) and m.size),
-              f"- cache: generate {gen_store.key}, segment {mask_store.key}",
-              f"- provenance: {describe(prov)}"]
+    facts = {"model": f"{model.name}, {model.height}x{model.width}, {gen.steps} steps, CFG {gen.guidance_scale}",
+             "prompts": f"{repo_relative(dataset_path)} ({len(rows)} prompts x seeds {seeds}, {images})",
+             "pseudo ground truth": segmenter.name,
+             "relevance": relevance.describe() if relevance else "none",
+             **{f"relevance of {name}": source.describe() for name, source in own.items()},
+             "binarisation": f"bicubic to image size, min-max, > tau = {cfg.eval.tau}",
+             **{m.name: f"every k; masks compared on the {m.size}x{m.size} grid (reference area-downsampled), not "
+                        "at image size" for m in methods if isinstance(m, KCurve) and m.size},
+             "cache": f"generate {gen_store.key}, segment {mask_store.key}",
+             "provenance": describe(prov)}
     notice = (f"These numbers only check the pipeline: masks come from the `{segmenter.name}` test segmenter, "
               "not from what the model drew." if not segmenter.meaningful else "")
-    if notice:
-        header.insert(2, f"**{notice}**\n")
+    header = summary_header(title, facts, notice)
     write_summary(summary, run_dir, header)
     (run_dir / "header.json").write_text(json.dumps(header, indent=1))
     shown = {"items": overlays.items()}
