@@ -147,8 +147,9 @@ def test_killed_writer_leaves_nothing_half_done(baseline, tmp_path, monkeypatch)
 
 
 def test_kill_9_mid_generation_resumes_to_the_same_table(baseline, tmp_path, monkeypatch):
-    """A real `kill -9` once the first sample is stored: the rerun generates only what is missing, leaves no
-    temporary file and writes the baseline's table."""
+    """A real `kill -9` once the first sample is stored: the killed run's folder stays marked INCOMPLETE (no
+    handler runs on SIGKILL: the mark was written at the start); the rerun generates only what is missing, leaves
+    no temporary file and writes the baseline's table."""
     env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
     cmd = [sys.executable, "-m", "bench", *SMALL, f"dataset.path={baseline / 'data' / 'prompts.jsonl'}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -157,6 +158,8 @@ def test_kill_9_mid_generation_resumes_to_the_same_table(baseline, tmp_path, mon
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
+    killed = list((tmp_path / "runs").rglob(INCOMPLETE))
+    assert len(killed) == 1 and killed[0].read_text().startswith("started, not finished"), killed
     stats = rerun(baseline, tmp_path / "cache", tmp_path / "run", monkeypatch)
     assert stats["generate"]["cached"] >= 1 and stats["generate"]["generated"] <= 1
     assert not list((tmp_path / "cache").rglob(".*.tmp-*"))
@@ -297,6 +300,7 @@ def no_model(monkeypatch):
     def load(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad value was refused")
 
+    load.unet_layout = bench.models.build_tiny_sdxl.unet_layout  # it still describes its heads (describes_heads)
     monkeypatch.setattr(bench.models, "build_tiny_sdxl", load)
     monkeypatch.chdir(REPO)
 
