@@ -119,3 +119,38 @@ def test_scancel_mid_generation_then_the_same_command_finishes_from_the_cache(tm
     tables = [pd.read_csv(tmp_path / name / "scores.csv").sort_values(key).reset_index(drop=True)
               for name in ("sweep", "clean/sweep")]
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_a_timed_out_job_is_requeued_by_submitit_and_resumes_from_the_cache(tmp_path):
+    """USR2, the signal Slurm sends signal_delay_s before a job's time limit, once the first sample is stored: with
+    timeout_min under 10 submitit counts it as a time-out, checkpoints the job and requeues it (max_num_timeout of
+    submitit_slurm_cpu). The sweep then finishes with both jobs, the requeued attempt reads every sample stored
+    before the signal from the cache, and no job folder is left marked INCOMPLETE. Slurm holds a requeued job for
+    about two minutes; the test releases it (`scontrol update StartTime=now`) to keep the suite short."""
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "bench", "-m", *BASE[2:], "dataset.limit=6", "model.generation.steps=4",
+           "shard=0/2,1/2", "hydra/launcher=submitit_slurm_cpu", "hydra.launcher.timeout_min=5",
+           "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # both jobs run, both signalled
+    sweep_proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "cache").glob("generate/*/samples/*.safetensors.sum")):
+        assert time.monotonic() < deadline and sweep_proc.poll() is None, "no sample stored before the sweep ended"
+        time.sleep(0.05)
+    running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    subprocess.run(["scancel", "--signal=USR2", *running], check=True)  # array elements by name: 123_0, 123_1
+    stored = {p.name for p in (tmp_path / "cache").glob("generate/*/samples/*.safetensors")}
+    for job in running:  # Slurm holds a requeued job for ~2 minutes (its begin time); release it as an admin can
+        while subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True,
+                             text=True).stdout.strip() != "BeginTime":
+            assert time.monotonic() < deadline + 60 and sweep_proc.poll() is None, "the job was not requeued"
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    output, _ = sweep_proc.communicate(timeout=400)
+    assert sweep_proc.returncode == 0, output[-3000:]
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.out"))  # submitit's own
+    assert "this job is timed-out" in logs and "Requeued job" in logs, logs[-3000:]
+    assert not list((tmp_path / "sweep").glob(f"*/{INCOMPLETE}"))
+    stats = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/stats.json"))]
+    assert sum(s["generate"]["cached"] for s in stats) >= len(stored) >= 1
+    assert sum(s["generate"]["generated"] + s["generate"]["cached"] for s in stats) == 6 * 2  # 6 prompts x 2 seeds
+    assert "jobs: 2 expected, 2 finished, 0 failed" in (tmp_path / "sweep" / "summary.md").read_text()
