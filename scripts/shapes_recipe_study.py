@@ -105,32 +105,36 @@ def read_rows() -> pd.DataFrame:
 
 
 def plot(csv: Path = CSV, out: Path = PNG) -> None:
-    """Three panels over training samples, one line per candidate: fidelity; DAAM mIoU on shape words (solid)
-    with the best chance map (dashed); DAAM mIoU on colour words. The issue's floors are drawn grey."""
+    """Three panels over training samples, one colour and marker per candidate (one legend): fidelity; DAAM mIoU
+    on shape words (solid) with the best chance map (dashed); DAAM mIoU on colour words. The issue's floors are
+    drawn grey."""
     table = pd.read_csv(csv).sort_values(["candidate", "samples"])
-    figure = Figure(figsize=(15, 4.4))
+    figure = Figure(figsize=(17, 4.6))
     axes = figure.subplots(1, 3)
-    colours = matplotlib.colormaps["tab10"]
+    colours = matplotlib.colormaps["tab20"]  # one colour and marker per candidate (tab10 repeats after ten)
+    markers = "osD^vPX<>p*h"
     for i, (name, rows) in enumerate(table.groupby("candidate", sort=False)):
         x = rows["samples"] / 1000
-        axes[0].plot(x, rows["fidelity"], "o-", color=colours(i), label=name)
-        axes[1].plot(x, rows["daam_shape"], "o-", color=colours(i), label=f"{name}: DAAM")
-        axes[1].plot(x, rows["best_chance_shape"], "x--", color=colours(i), alpha=0.7,
-                     label=f"{name}: best chance map")
-        axes[2].plot(x, rows["daam_colour"], "o-", color=colours(i), label=name)
-    panels = ((axes[0], "generated-mode fidelity", 0.8), (axes[1], "image mode, shape words: mIoU", 0.45),
+        style = {"color": colours(i % 20), "marker": markers[i % len(markers)]}
+        axes[0].plot(x, rows["fidelity"], "-", label=name, **style)
+        axes[1].plot(x, rows["daam_shape"], "-", **style)
+        axes[1].plot(x, rows["best_chance_shape"], "--", alpha=0.6, **style)
+        axes[2].plot(x, rows["daam_colour"], "-", **style)
+    panels = ((axes[0], "generated-mode fidelity", 0.8),
+              (axes[1], "image mode, shape words: DAAM (solid), best chance map (dashed)", 0.45),
               (axes[2], "image mode, colour words: DAAM mIoU", None))
     for ax, title, floor in panels:
         if floor is not None:
-            ax.axhline(floor, color="grey", lw=1, ls=":", label=f"floor {floor}")
-        ax.set(title=title, xlabel="training samples (thousands)", ylim=(0, 1))
+            ax.axhline(floor, color="grey", lw=1, ls=":")
+            ax.text(ax.get_xlim()[1], floor, f" floor {floor}", color="grey", fontsize=7, va="bottom", ha="right")
+        ax.set(xlabel="training samples (thousands)", ylim=(0, 1))
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=6)
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=7, title="candidate")
     sizes = " or ".join(str(n) for n in sorted(table["scenes"].unique(), reverse=True))
     figure.suptitle(f"Shapes-world recipe study ({csv}; the first {sizes} eval scenes per row, seed 0, tau 0.4)",
                     fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 0.87, 1))
     figure.savefig(out, dpi=110)
     print(f"wrote {out}")
 

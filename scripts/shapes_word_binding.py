@@ -11,6 +11,10 @@
 3. How far apart the text encoder puts the shape words: the distance between the final hidden states at the
    shape position of "a red <shape>" for each pair of shapes, relative to the states' norm, beside the same for
    colour words ("a <colour> square", at the colour position).
+4. Where the shape is decided: 32 rendered one-object scenes noised to t0, then DDIM (50-step grid, no guidance)
+   down to 0 with the true caption or with one naming another shape; the share of results whose object is
+   classified as the scene's shape and, for the wrong caption, as the caption's. Where the wrong caption still
+   gives the scene's shape, the noisy image has decided; where it gives the caption's, the caption does.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 import torch
 
 from bench.shapes.pipeline import load_shapes_pipeline
-from bench.shapes.world import COLOURS, classify_shape, colour_mask, load_world, render, split_scene
+from bench.shapes.world import COLOURS, classify_shape, colour_mask, load_world, render, sample_scene, split_scene
 
 
 def aspect(weights: np.ndarray) -> float:
@@ -89,6 +93,44 @@ def main() -> None:
         norm = states.norm(dim=-1).mean()
         gaps = [float((a - b).norm() / norm) for a, b in itertools.combinations(states, 2)]
         print(f"- {name}: mean pairwise distance / norm {np.mean(gaps):.3f} (min {np.min(gaps):.3f})")
+
+    print("\n## Caption or noisy image: what decides the drawn shape, by starting noise level\n")
+    print("| t0 | true caption: scene's shape | other shape's caption: scene's shape | ... the caption's shape |")
+    print("|---|---|---|---|")
+    for t0, true_ok, wrong_scene, wrong_caption in decided_shape(pipe, world):
+        print(f"| {t0} | {true_ok:.2f} | {wrong_scene:.2f} | {wrong_caption:.2f} |")
+
+
+def decided_shape(pipe, world, n: int = 32, t0s: tuple[int, ...] = (990, 960, 930, 900, 850, 800)):
+    """Probe 4: per t0, the shares (true caption -> scene's shape, other caption -> scene's shape, other caption
+    -> caption's shape) over n one-object scenes (their own seeded stream), DDIM without guidance from t0."""
+    rng = np.random.default_rng(7)
+    scenes = [sample_scene(rng, 1, world) for _ in range(n)]
+    x0 = torch.from_numpy(np.stack([render(s, world.size)[0] for s in scenes])).permute(0, 3, 1, 2).float()
+    x0 = x0 / 127.5 - 1  # (N, 3, S, S)
+    objects = [s.objects[0] for s in scenes]
+    others = [world.shapes[(world.shapes.index(o.shape) + 1 + i % (len(world.shapes) - 1)) % len(world.shapes)]
+              for i, o in enumerate(objects)]
+    captions = {"true": [f"a {o.colour} {o.shape}" for o in objects],
+                "other": [f"a {o.colour} {shape}" for o, shape in zip(objects, others)]}
+    scheduler, alphas = pipe.scheduler, pipe.scheduler.alphas_cumprod
+    scheduler.set_timesteps(50)
+    rows = []
+    for t0 in t0s:
+        drawn = {}
+        for name, texts in captions.items():
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+            x = alphas[t0].sqrt() * x0 + (1 - alphas[t0]).sqrt() * noise  # (N, 3, S, S)
+            with torch.no_grad():
+                states = pipe.encode_prompt(texts)  # (N, L, D)
+                for t in [t for t in scheduler.timesteps if t <= t0]:
+                    x = scheduler.step(pipe.unet(x, t, encoder_hidden_states=states).sample, t, x).prev_sample
+            images = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (N, S, S, 3)
+            drawn[name] = [classify_shape(colour_mask(im, o.colour), world.shapes) for im, o in zip(images, objects)]
+        rows.append((t0, np.mean([d == o.shape for d, o in zip(drawn["true"], objects)]),
+                     np.mean([d == o.shape for d, o in zip(drawn["other"], objects)]),
+                     np.mean([d == shape for d, shape in zip(drawn["other"], others)])))
+    return rows
 
 
 if __name__ == "__main__":

@@ -41,6 +41,20 @@ def test_batch_is_a_function_of_seed_and_step_whatever_the_workers():
     assert caption(scene)[0]  # the scenes have captions to drop or keep
 
 
+def test_high_noise_share_redraws_only_the_timesteps():
+    """--high-noise: the share of timesteps redrawn from the top of the schedule; scenes, captions and noise stay
+    those of the uniform recipe, and share 0 is the uniform recipe's batch exactly."""
+    uniform = SceneBatches(64, 5, 0.1, 1000)[3]
+    assert torch.equal(SceneBatches(64, 5, 0.1, 1000, high_noise=(0.0, 0.85))[3]["t"], uniform["t"])
+    high = SceneBatches(64, 5, 0.1, 1000, high_noise=(1.0, 0.9))[3]
+    half = SceneBatches(64, 5, 0.1, 1000, high_noise=(0.5, 0.9))[3]
+    for key in ("x0", "ids", "noise"):
+        assert torch.equal(high[key], uniform[key]) and torch.equal(half[key], uniform[key]), key
+    assert (high["t"] >= 900).all() and (high["t"] < 1000).all()
+    redrawn = half["t"] != uniform["t"]
+    assert 16 <= redrawn.sum() <= 48 and (half["t"][redrawn] >= 900).all()
+
+
 def test_resume_equals_uninterrupted_training(tmp_path):
     straight = Trainer(args_for(tmp_path / "a"))
     run_steps(straight, 3)

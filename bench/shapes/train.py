@@ -49,7 +49,7 @@ MAX_MODEL_BYTES = 20_000_000  # the exported fp16 model is committed to the repo
 #: settings that define the model and its schedule: a resume must not change them
 RECIPE = ("batch", "seed", "steps", "image_size", "object_size", "shapes", "text_tokens", "text_encoder", "channels",
           "layers_per_block", "heads", "attn_resolutions", "self_attention", "text_pooling", "lr", "warmup",
-          "ema_decay", "cfg_dropout", "prediction", "loss_weight", "snr_gamma")
+          "ema_decay", "cfg_dropout", "prediction", "loss_weight", "snr_gamma", "high_noise")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "error, so high-noise steps (where layout and shape are decided) weigh as much as "
                         "low-noise ones")
     p.add_argument("--snr-gamma", type=float, default=5.0)
+    p.add_argument("--high-noise", type=float, nargs=2, default=[0.0, 0.85], metavar=("SHARE", "START"),
+                   help="redraw this share of each batch's timesteps uniform in [START * T, T): more of the steps "
+                        "where an object's shape is still undecided (0: uniform timesteps)")
     p.add_argument("--image-size", type=int, default=WORLD.size, help="the world's image side (px)")
     p.add_argument("--object-size", type=float, nargs=2, default=[WORLD.min_size, WORLD.max_size],
                    metavar=("MIN", "MAX"),
@@ -80,9 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shapes", nargs="+", default=list(WORLD.shapes), choices=SHAPES, help="the world's shapes")
     p.add_argument("--text-tokens", type=int, default=16,
                    help="caption positions of the text encoder (the longest caption takes 14)")
-    p.add_argument("--text-encoder", choices=("train", "frozen"), default="train",
-                   help="frozen: the text encoder keeps its seeded random weights (trained jointly, it let the shape "
-                        "words' states collapse together: results/reference/shapes_recipe_study.md)")
+    p.add_argument("--text-encoder", choices=("train", "frozen_tokens", "frozen"), default="train",
+                   help="train: jointly with the UNet; frozen_tokens: its token embeddings keep their seeded random "
+                        "values, its layers train; frozen: it keeps its seeded random weights. Trained jointly it let "
+                        "the states of bar and pillar collapse together; frozen, its maps stopped localizing colours "
+                        "(results/reference/shapes_recipe_study.md)")
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 32], help="UNet block widths")
     p.add_argument("--layers-per-block", type=int, default=1)
     p.add_argument("--heads", type=int, default=4, help="heads per cross-attention layer")
@@ -134,12 +139,13 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 class SceneBatches(Dataset):
     """Item s = step s's batch: images (B, 3, S, S) in [-1, 1], caption token ids (B, L) with caption dropout
     applied, timesteps (B,) and noise (B, 3, S, S), all from train scenes s*B .. s*B+B-1 of `world` (S = its size)
-    and step_generator."""
+    and step_generator. Timesteps are uniform; with `high_noise` = (share, start) that share of them is redrawn
+    uniform in [start * T, T) (drawn after the noise, so share 0 gives the uniform recipe's batches exactly)."""
 
     def __init__(self, batch: int, seed: int, dropout: float, n_timesteps: int, first_step: int = 0,
-                 world: World = WORLD, text_tokens: int = 16):
+                 world: World = WORLD, text_tokens: int = 16, high_noise: tuple[float, float] = (0.0, 0.85)):
         self.batch, self.seed, self.dropout, self.n_timesteps = batch, seed, dropout, n_timesteps
-        self.first_step, self.world, self.text_tokens = first_step, world, text_tokens
+        self.first_step, self.world, self.text_tokens, self.high_noise = first_step, world, text_tokens, high_noise
         self.tokenizer = clip_tokenizer()
         self.token_ids: dict[str, torch.Tensor] = {}  # caption -> (L,) ids: ~1,700 distinct captions
 
@@ -167,10 +173,16 @@ class SceneBatches(Dataset):
         drop = torch.rand(self.batch, generator=generator) < self.dropout  # (B,)
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         side = self.world.size
+        t = torch.randint(0, self.n_timesteps, (self.batch,), generator=generator)  # (B,)
+        noise = torch.randn(self.batch, 3, side, side, generator=generator)  # (B, 3, S, S)
+        share, start = self.high_noise
+        if share > 0:
+            high = torch.rand(self.batch, generator=generator) < share  # (B,)
+            t_high = torch.randint(int(start * self.n_timesteps), self.n_timesteps, (self.batch,), generator=generator)
+            t = torch.where(high, t_high, t)
         return {"x0": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1,  # (B, 3, S, S)
                 "ids": torch.stack([self.ids(c) for c in captions]),  # (B, L)
-                "t": torch.randint(0, self.n_timesteps, (self.batch,), generator=generator),  # (B,)
-                "noise": torch.randn(self.batch, 3, side, side, generator=generator)}  # (B, 3, S, S)
+                "t": t, "noise": noise}
 
 
 class NoSelfAttention:
@@ -244,7 +256,9 @@ class Trainer:
             self.text_encoder.requires_grad_(False).eval()
         else:
             trained.append((self.text_encoder, self.ema_text_encoder))
-        self.params = [p for module, _ in trained for p in module.parameters()]
+            if args.text_encoder == "frozen_tokens":
+                self.text_encoder.get_input_embeddings().requires_grad_(False)
+        self.params = [p for module, _ in trained for p in module.parameters()]  # frozen ones get no grad
         self.ema_params = [p for _, ema in trained for p in ema.parameters()]
         self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.01, fused=cuda or None)
         self.forward_unet = torch.compile(self.unet) if args.compile else self.unet
@@ -260,7 +274,7 @@ class Trainer:
     def batches(self) -> DataLoader:
         """Batches from the current step on, rendered in `args.workers` processes."""
         data = SceneBatches(self.args.batch, self.args.seed, self.args.cfg_dropout, len(self.sqrt_a), self.step,
-                            self.world, self.args.text_tokens)
+                            self.world, self.args.text_tokens, tuple(self.args.high_noise))
         workers = self.args.workers
         return DataLoader(data, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
                           prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -275,7 +289,7 @@ class Trainer:
             xt = xt.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
-            with torch.set_grad_enabled(args.text_encoder == "train"):
+            with torch.set_grad_enabled(args.text_encoder != "frozen"):
                 embeds = self.text_encoder(batch["ids"]).last_hidden_state  # (B, L, D)
             pred = self.forward_unet(xt, t, encoder_hidden_states=embeds).sample  # (B, 3, S, S)
         if args.prediction == "v_prediction":
