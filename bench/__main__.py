@@ -55,7 +55,8 @@ def stopped(run_dir: Path, err: BaseException, remove: bool) -> None:
     if remove and {p.name for p in run_dir.iterdir()} <= HYDRA_FILES:
         shutil.rmtree(run_dir)
     else:
-        (run_dir / INCOMPLETE).write_text(f"stopped before it finished: {type(err).__name__}: {err}\n")
+        reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line: the merge quotes it
+        (run_dir / INCOMPLETE).write_text(f"stopped before it finished: {reason}\n")
 
 
 if __name__ == "__main__":

@@ -69,13 +69,12 @@ def _run(cfg: DictConfig, run_dir: Path, logger, job: bool) -> pd.DataFrame:
     dataset_path = build(cfg.dataset.build) if cfg.dataset.get("build") else cfg.dataset.path
     rows = load_prompt_set(dataset_path, cfg.dataset.get("limit"))
     seeds = check_seeds(cfg.dataset.seeds)
-    methods = [build(m) for m in cfg.method.methods.values()]
-    relevance = build(cfg.relevance) if cfg.get("relevance") else None
+    methods, relevance, configured = build_and_check_heads(cfg)
     analyses = [build_analysis(key, node) for key, node in (cfg.get("analyses") or {}).items()]
     segmenter = build(cfg.segmenter)
     segmenter.check_available()
     words = sorted({w for row in rows for w in row.words})
-    own = {m.name: m.relevance for m in methods if isinstance(m, Selective) and m.relevance is not None}
+    own = own_relevance(methods)
     sources = [r for r in (relevance, *own.values()) if r is not None]
     for source in sources:
         source.check_words(words)  # e.g. a word without a concept
@@ -83,11 +82,6 @@ def _run(cfg: DictConfig, run_dir: Path, logger, job: bool) -> pd.DataFrame:
         analysis.check(relevance, rows)
     rows_key = prompt_set_hash(rows)  # image files by content
     masks_key = mask_files_hash(rows) if isinstance(segmenter, FileMaskSegmenter) else None
-
-    # the model's heads from its configuration (no weights), where the loader is known: checked before it loads
-    configured = head_index_from_config(cfg.model.loader)
-    if configured is not None:
-        check_heads(methods, sources, configured)
 
     # what needs the loaded model (its tokenizer; the heads of a loader not known above), before generating
     model = build(cfg.model.loader)
@@ -159,6 +153,25 @@ def _run(cfg: DictConfig, run_dir: Path, logger, job: bool) -> pd.DataFrame:
     if not job:  # a sweep's verdict comes from its merge (bench.sweep), after every job
         print(verdict, end="")
     return summary
+
+
+def own_relevance(methods: list) -> dict:
+    """Method name -> the relevance source a selective method brings itself (not the run's)."""
+    return {m.name: m.relevance for m in methods if isinstance(m, Selective) and m.relevance is not None}
+
+
+def build_and_check_heads(cfg: DictConfig) -> tuple[list, object | None, HeadIndex | None]:
+    """The methods and relevance source of `cfg`, their head-dependent values (k, blocks, resolutions, a relevance
+    file's heads) checked against the heads the model's configuration describes, without loading weights
+    (`head_index_from_config`); that HeadIndex, or None for a loader that does not describe its heads (checked once
+    it loads). A sweep runs this for every job before the first starts (`bench.sweep.check_jobs`)."""
+    methods = [build(m) for m in cfg.method.methods.values()]
+    relevance = build(cfg.relevance) if cfg.get("relevance") else None
+    configured = head_index_from_config(cfg.model.loader)
+    if configured is not None:
+        sources = [r for r in (relevance, *own_relevance(methods).values()) if r is not None]
+        check_heads(methods, sources, configured)
+    return methods, relevance, configured
 
 
 def check_heads(methods: list, sources: list, head_index: HeadIndex) -> None:

@@ -190,21 +190,31 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
 
 
 def check_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
-    """`bench.checks.preflight` on every job's composed config before any job runs; every failing job named in
-    one ValueError."""
+    """Every job's composed config checked before any job runs: `bench.checks.preflight`, then, when every job
+    passes it, the values that depend on the model's heads against its configuration (torch loads here, once:
+    `bench.run.build_and_check_heads`); every failing job named in one ValueError."""
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(config)  # what `${hydra:...}` in a job's config resolves against
-    failures = []
-    for num, job in enumerate(jobs):
+    composed = [compose(config_name=config.hydra.job.config_name, overrides=job) for job in jobs]
+    failures = {}
+    for num, cfg in enumerate(composed):
         try:
-            preflight(compose(config_name=config.hydra.job.config_name, overrides=job))
+            preflight(cfg)
         except USER_ERRORS as err:
-            failures.append(f"job #{num} ({' '.join(job)}): {err}")
+            failures[num] = err
+    if not failures:  # the cheap checks first: a bad value among them is reported in seconds, without torch
+        from bench.run import build_and_check_heads
+
+        for num, cfg in enumerate(composed):
+            try:
+                build_and_check_heads(cfg)
+            except USER_ERRORS as err:
+                failures[num] = err
     if failures:
-        raise ValueError(f"{len(failures)} of {len(jobs)} jobs would fail, so none was started: "
-                         + "; ".join(failures))
+        raise ValueError(f"{len(failures)} of {len(jobs)} jobs would fail, so none was started: " + "; ".join(
+            f"job #{num} ({' '.join(jobs[num])}): {err}" for num, err in sorted(failures.items())))
 
 
 class MergeSweep(Callback):

@@ -60,14 +60,23 @@ def test_a_sharded_sweep_through_slurm_equals_the_one_process_table(tmp_path):
 
 
 def test_a_job_that_fails_on_slurm_is_named_by_the_merge(tmp_path):
-    """One job asks for a map resolution the model lacks (a value checked against the model's heads, so inside
-    the job): the other job finishes, the sweep exits non-zero, and the merge refuses the partial sweep naming
-    the failed job and why; --partial merges what finished."""
-    proc = sweep(tmp_path, "method.resolutions=null,7")
+    """One job's model folder has a truncated weights file (its configuration is whole, so every check before the
+    sweep passes; loading fails inside the job): the other job finishes, the sweep exits non-zero, and the merge
+    refuses the partial sweep naming the failed job and why; --partial merges what finished."""
+    broken = tmp_path / "broken_model"
+    shutil.copytree(REPO / "data" / "shapes" / "models" / "seed_0", broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "bench", "-m", "experiment=shapes_image", "relevance=random", "relevance.draws=1",
+           "~analyses.head_diagnostics", "eval.tau=[0.4]", "dataset.build.n_scenes=2", "dataset.seeds=[0]",
+           "report.figures=false", "eval.workers=1", f"model.loader.path=data/shapes/models/seed_0,{broken}",
+           "hydra/launcher=submitit_slurm_cpu", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode != 0
     assert (tmp_path / "sweep" / "1" / INCOMPLETE).exists() and (tmp_path / "sweep" / "0" / "scores.csv").exists()
-    with pytest.raises(ValueError, match=r"2 expected, 1 finished, 1 failed \(#1 method.resolutions=7: stopped "
-                                         r"before it finished: ValueError: .*no heads at resolution 7"):
+    with pytest.raises(ValueError, match=r"2 expected, 1 finished, 1 failed \(#1 model.loader.path=.*broken_model: "
+                                         r"stopped before it finished: .*Unable to load weights"):
         report_dir(tmp_path / "sweep", figures=False)
     summary = report_dir(tmp_path / "sweep", figures=False, partial=True)
     assert len(summary) and "(a partial sweep, merged as asked)" in (tmp_path / "sweep" / "summary.md").read_text()

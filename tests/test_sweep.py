@@ -196,3 +196,17 @@ def test_the_merge_counts_the_jobs_it_expected(sweep, tmp_path, capsys):
     summary = report_dir(partial, figures=False, partial=True)
     assert set(summary["method"]) and "(a partial sweep, merged as asked)" in (partial / "summary.md").read_text()
     assert "jobs: 4 expected, 2 finished" in capsys.readouterr().out
+
+
+def test_a_value_the_models_heads_refuse_stops_the_sweep_before_the_first_job(tmp_path):
+    """A map resolution the model lacks, in the second job only: checked against the heads its configuration
+    describes before any job runs, so no job folder and no cache item is written."""
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "bench", "-m", *BASE, "method.resolutions=null,7",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1, last
+    assert last.startswith("error: 1 of 2 jobs would fail, so none was started: job #1 ("), last
+    assert "no heads at resolution 7" in last and not (tmp_path / "sweep").exists()
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
