@@ -37,9 +37,11 @@ def cluster():
 
 def sweep(tmp: Path, *overrides: str, launcher: str = "submitit_slurm_cpu",
           cache: Path | None = None) -> subprocess.CompletedProcess:
-    """A sweep into tmp/sweep on the stage cache tmp/cache (or `cache`)."""
+    """A sweep into tmp/sweep on the stage cache tmp/cache (or `cache`); Slurm jobs of one CPU each, so two run at
+    once on this 2-CPU node (array_parallelism decides how many do)."""
     env = {**os.environ, "BENCH_CACHE_DIR": str(cache or tmp / "cache"), "BENCH_RUNS_DIR": str(tmp / "runs")}
-    cmd = [sys.executable, "-m", "bench", "-m", *BASE, f"hydra/launcher={launcher}", *overrides,
+    one_cpu = ["hydra.launcher.cpus_per_task=1"] if launcher.startswith("submitit_slurm") else []
+    cmd = [sys.executable, "-m", "bench", "-m", *BASE, f"hydra/launcher={launcher}", *one_cpu, *overrides,
            f"hydra.sweep.dir={tmp / 'sweep'}"]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
 
@@ -71,7 +73,8 @@ def test_a_job_that_fails_on_slurm_is_named_by_the_merge(tmp_path):
     cmd = [sys.executable, "-m", "bench", "-m", "experiment=shapes_image", "relevance=random", "relevance.draws=1",
            "~analyses.head_diagnostics", "eval.tau=[0.4]", "dataset.build.n_scenes=2", "dataset.seeds=[0]",
            "report.figures=false", "eval.workers=1", f"model.loader.path=data/shapes/models/seed_0,{broken}",
-           "hydra/launcher=submitit_slurm_cpu", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+           "hydra/launcher=submitit_slurm_cpu", "hydra.launcher.cpus_per_task=1",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode != 0
     assert (tmp_path / "sweep" / "1" / INCOMPLETE).exists() and (tmp_path / "sweep" / "0" / "scores.csv").exists()
@@ -105,7 +108,7 @@ def test_scancel_mid_generation_then_the_same_command_finishes_from_the_cache(tm
     env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "BENCH_RUNS_DIR": str(tmp_path / "runs")}
     args = ["dataset.limit=6", "model.generation.steps=4", "shard=0/2,1/2"]
     cmd = [sys.executable, "-m", "bench", "-m", *BASE[2:], *args, "hydra/launcher=submitit_slurm_cpu",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+           "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not list((tmp_path / "cache").glob("generate/*/samples/*.safetensors.sum")):
@@ -121,7 +124,8 @@ def test_scancel_mid_generation_then_the_same_command_finishes_from_the_cache(tm
     assert sum(s["generate"]["cached"] for s in stats) >= len(stored) >= 1
     assert sum(s["generate"]["generated"] + s["generate"]["cached"] for s in stats) == 6 * 2  # 6 prompts x 2 seeds
     clean_env = {**env, "BENCH_CACHE_DIR": str(tmp_path / "clean" / "cache")}
-    clean = subprocess.run([*cmd[:-2], "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'clean' / 'sweep'}"],
+    local = [a for a in cmd if not a.startswith(("hydra/launcher=", "hydra.launcher.", "hydra.sweep.dir="))]
+    clean = subprocess.run([*local, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'clean' / 'sweep'}"],
                            cwd=REPO, env=clean_env, capture_output=True, text=True, timeout=400)
     assert clean.returncode == 0, clean.stderr[-3000:]
     key = KEY[1:]
